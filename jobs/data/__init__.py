@@ -1,0 +1,1 @@
+"""Data for the tasks: synthetic sets built in code (the offline default) and local-file loaders."""

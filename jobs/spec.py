@@ -1,0 +1,293 @@
+"""Typed, JSON-serialisable job specs: the only thing the orchestrator hands to a job.
+
+A spec is validated when it is read (`*.from_dict`), with errors that name the field. The run
+key of a train spec hashes exactly the fields that change the trained weights, so that moving
+a bucket, changing a deadline or a resource request never retrains anything.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+from jobs.errors import SpecError
+
+SPEC_VERSION = 1
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no whitespace, floats in repr form (json's default): stable across runs."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def short_hash(obj: Any, length: int = 16) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check and convert one JSON value to a dataclass field's annotated type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(value, non_none[0], where)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise SpecError(f"{where}: expected an object, got {type(value).__name__}")
+        return from_mapping(hint, value, where)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise SpecError(f"{where}: expected a list, got {type(value).__name__}")
+        item = args[0] if args else Any
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise SpecError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise SpecError(f"{where}: expected a string, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SpecError(f"{where}: expected true or false, got {value!r}")
+        return value
+    return value
+
+
+def from_mapping(cls, data: Mapping, where: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    kwargs = {}
+    for name, f in fields.items():
+        path = f"{where}.{name}" if where else name
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], path)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise SpecError(f"{path}: missing required field")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate:
+        validate(where)
+    return obj
+
+
+def to_dict(obj) -> dict:
+    """Dataclass to plain JSON-ready dict (tuples become lists)."""
+
+    def convert(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [convert(x) for x in v]
+        return v
+
+    return convert(obj)
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """One evaluation or training set: a registered dataset, a language and a split.
+
+    `path`/`format` point at local files (see jobs.data); `limit` keeps the first N examples.
+    """
+
+    dataset: str
+    language: str
+    split: str
+    path: Optional[str] = None
+    format: Optional[str] = None
+    limit: Optional[int] = None
+
+    def validate(self, where: str) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise SpecError(f"{where}.limit: must be >= 1, got {self.limit}")
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}/{self.language}/{self.split}"
+
+
+@dataclass(frozen=True)
+class HeadRef:
+    """The shared frozen classification head a grid run starts from."""
+
+    ref: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """One fine-tuning run (stage "train") or the task's head run (stage "head")."""
+
+    experiment_uri: str
+    task: str
+    base_model: str
+    train_data: DatasetRef
+    dev_data: DatasetRef
+    learning_rate: float
+    batch_size: int
+    seed: int
+    epochs: int = 10
+    snapshots_per_epoch: int = 1
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    stage: str = "train"
+    head: Optional[HeadRef] = None
+    # --- below: execution settings, not part of the run key ---
+    micro_batch_size: Optional[int] = None  # gradient accumulation when smaller than batch_size
+    eval_batch_size: int = 64
+    num_threads: Optional[int] = None
+    deadline_seconds: Optional[int] = None
+    version: int = SPEC_VERSION
+
+    # Fields that change the trained weights; the run key hashes exactly these.
+    KEY_FIELDS: typing.ClassVar[tuple[str, ...]] = (
+        "task", "base_model", "train_data", "learning_rate", "batch_size", "seed", "epochs",
+        "snapshots_per_epoch", "warmup_ratio", "weight_decay", "max_grad_norm", "max_length",
+        "precision", "stage",
+    )
+
+    def validate(self, where: str = "") -> None:
+        p = f"{where}." if where else ""
+        if self.stage not in ("train", "head"):
+            raise SpecError(f"{p}stage: must be 'train' or 'head', got {self.stage!r}")
+        if not self.learning_rate > 0:
+            raise SpecError(f"{p}learning_rate: must be > 0, got {self.learning_rate}")
+        for name in ("batch_size", "epochs", "snapshots_per_epoch", "max_length", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"{p}{name}: must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch_size is not None and (
+            self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size
+        ):
+            raise SpecError(
+                f"{p}micro_batch_size: must divide batch_size {self.batch_size}, got {self.micro_batch_size}"
+            )
+        if not 0 <= self.warmup_ratio < 1:
+            raise SpecError(f"{p}warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.precision not in ("fp32", "bf16"):
+            raise SpecError(f"{p}precision: must be fp32 or bf16, got {self.precision!r}")
+        if self.stage == "head" and self.head is not None:
+            raise SpecError(f"{p}head: a head run trains its own head; remove the head field")
+
+    @property
+    def run_key(self) -> str:
+        fields = {name: to_dict(getattr(self, name)) for name in self.KEY_FIELDS}
+        fields["head_sha256"] = self.head.sha256 if self.head else None
+        return short_hash(fields)
+
+
+@dataclass(frozen=True)
+class EvaluateSpec:
+    """Evaluate stored models (snapshots or averages) on the source dev set and every target set."""
+
+    experiment_uri: str
+    task: str
+    base_model: str
+    refs: tuple[str, ...]
+    source_dev: DatasetRef
+    targets: tuple[DatasetRef, ...]
+    max_length: int = 128
+    batch_size: int = 64
+    num_threads: Optional[int] = None
+    deadline_seconds: Optional[int] = None
+    version: int = SPEC_VERSION
+
+    def validate(self, where: str = "") -> None:
+        if not self.refs:
+            raise SpecError(f"{where + '.' if where else ''}refs: name at least one model reference")
+
+
+AVERAGE_METHODS = ("ca", "r-last", "r-dev", "r-ca", "uniform")  # plus soup-N for any N >= 1
+
+
+def check_method(method: str, where: str = "methods") -> str:
+    if method in AVERAGE_METHODS:
+        return method
+    if method.startswith("soup-"):
+        n = method[len("soup-"):]
+        if n.isdigit() and int(n) >= 1:
+            return method
+        raise SpecError(f"{where}: {method!r} needs a positive N, e.g. soup-5 (soup-0 would silently mean 'all')")
+    raise SpecError(f"{where}: unknown averaging method {method!r}; known: {', '.join(AVERAGE_METHODS)}, soup-N")
+
+
+@dataclass(frozen=True)
+class AverageSpec:
+    """Average stored snapshots.
+
+    - per-run CA: `methods=("ca",)`, `run_keys=(KEY,)`: all snapshots of one run;
+    - a draw: `draw_seed` set, `run_keys` in draw order: every method for every k = 1..K;
+    - an explicit list: `methods=("uniform",)`, `refs=(...)`, written to `output_ref`.
+    """
+
+    experiment_uri: str
+    task: str
+    methods: tuple[str, ...]
+    run_keys: tuple[str, ...] = ()
+    draw_seed: Optional[int] = None
+    refs: tuple[str, ...] = ()
+    output_ref: Optional[str] = None
+    num_threads: Optional[int] = None
+    deadline_seconds: Optional[int] = None
+    version: int = SPEC_VERSION
+
+    def validate(self, where: str = "") -> None:
+        p = f"{where}." if where else ""
+        if not self.methods:
+            raise SpecError(f"{p}methods: name at least one method")
+        for i, m in enumerate(self.methods):
+            check_method(m, f"{p}methods[{i}]")
+        if "uniform" in self.methods:
+            if len(self.methods) != 1 or not self.refs or not self.output_ref:
+                raise SpecError(f"{p}methods: 'uniform' needs refs and output_ref and no other method")
+        elif self.methods == ("ca",):
+            if len(self.run_keys) < 1:
+                raise SpecError(f"{p}run_keys: per-run CA needs at least one run key")
+        else:
+            if self.draw_seed is None or not self.run_keys:
+                raise SpecError(f"{p}draw_seed: draw methods need draw_seed and the draw's run_keys in order")
+            if "ca" in self.methods:
+                raise SpecError(f"{p}methods: 'ca' is per run; average draws and runs in separate specs")
+
+
+SPEC_TYPES: dict[str, type] = {"train": TrainSpec, "evaluate": EvaluateSpec, "average": AverageSpec}
+
+
+def spec_from_dict(kind: str, data: Any):
+    """Validate a decoded JSON spec for the job kind; raises SpecError naming the field."""
+    if kind not in SPEC_TYPES:
+        raise SpecError(f"unknown job kind {kind!r}; known: {', '.join(SPEC_TYPES)}")
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{kind} spec: expected a JSON object, got {type(data).__name__}")
+    return from_mapping(SPEC_TYPES[kind], data, "")
+
+
+def spec_from_json(kind: str, text: str):
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"{kind} spec is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    return spec_from_dict(kind, data)
+
+
+def spec_to_json(spec) -> str:
+    return json.dumps(to_dict(spec), sort_keys=True, indent=1)

@@ -1,0 +1,14 @@
+"""The task registry: a plain dict from task id to task object."""
+from __future__ import annotations
+
+from jobs.errors import SpecError
+from jobs.tasks.nli import NLITask
+
+TASKS = {"nli": NLITask()}
+
+
+def get_task(name: str):
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise SpecError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None

@@ -1,0 +1,1 @@
+"""Backends run planned jobs: `local` (subprocesses, the default) and, later, Kubernetes Jobs."""

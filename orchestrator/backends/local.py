@@ -1,0 +1,100 @@
+"""The local backend: each job is `python -m jobs KIND --spec -` in a subprocess, a few at a time.
+
+It is the same entry point a Kubernetes pod runs, so what works here works in a container.
+Job logs go to `<log dir>/<job name>.log`; a failing job's last lines are shown.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from jobs.spec import spec_to_json
+
+from orchestrator.plan import JobRequest
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    request: JobRequest
+    exit_code: int
+    seconds: float
+    log_path: Path
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def last_error(self) -> str:
+        try:
+            lines = [l for l in self.log_path.read_text(errors="replace").splitlines() if l.strip()]
+        except OSError:
+            return "(no log)"
+        errors = [l for l in lines if " ERROR " in l]
+        return (errors or lines or ["(empty log)"])[-1]
+
+
+class LocalBackend:
+    def __init__(self, parallelism: int = 2, log_dir: str | Path = ".logs", show_progress: bool = True):
+        self.parallelism = max(1, parallelism)
+        self.log_dir = Path(log_dir)
+        self.show_progress = show_progress
+
+    def _threads_per_job(self, n_jobs: int) -> int:
+        return max(1, (os.cpu_count() or 1) // max(1, min(self.parallelism, n_jobs)))
+
+    def _run_one(self, request: JobRequest, threads: int) -> JobOutcome:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{request.name}.log"
+        env = dict(os.environ, JOB_NAME=request.name, OMP_NUM_THREADS=str(threads), XLT_PROGRESS="0")
+        spec_json = spec_to_json(request.spec)
+        env["XLT_NUM_THREADS"] = str(threads)
+        start = time.perf_counter()
+        with open(log_path, "wb") as log:
+            proc = subprocess.run(
+                [sys.executable, "-m", "jobs", request.kind, "--spec", "-"],
+                input=spec_json.encode(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        return JobOutcome(request, proc.returncode, time.perf_counter() - start, log_path)
+
+    def run(self, requests: list[JobRequest], title: str = "jobs") -> list[JobOutcome]:
+        """Run all requests (at most `parallelism` at once); returns outcomes in request order."""
+        if not requests:
+            return []
+        threads = self._threads_per_job(len(requests))
+        outcomes: list[JobOutcome | None] = [None] * len(requests)
+        with ThreadPoolExecutor(self.parallelism) as pool:
+            futures = {pool.submit(self._run_one, r, threads): i for i, r in enumerate(requests)}
+            from concurrent.futures import as_completed
+
+            with click.progressbar(
+                length=len(requests), label=f"{title} ({len(requests)} jobs)", file=sys.stderr,
+                show_pos=True, item_show_func=lambda o: o.request.name if o else None,
+            ) if self.show_progress else _NullBar() as bar:
+                for future in as_completed(futures):
+                    outcome = future.result()
+                    outcomes[futures[future]] = outcome
+                    bar.update(1, outcome)
+                    if not outcome.ok:
+                        click.echo(f"\n{outcome.request.name} failed (exit {outcome.exit_code}): {outcome.last_error()}", err=True)
+        return [o for o in outcomes if o is not None]
+
+
+class _NullBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n, item=None):
+        pass

@@ -1,0 +1,1 @@
+"""One module per orchestrator command; orchestrator.cli adds them to the group explicitly."""

@@ -1,0 +1,148 @@
+"""The stage commands: sweep (head + grid runs), evaluate, average, and pipeline (all of them)."""
+from __future__ import annotations
+
+import click
+
+from jobs import layout
+
+from orchestrator import plan
+from orchestrator.backends.local import LocalBackend
+from orchestrator.context import Experiment, experiment_options
+
+
+def _backend(parallelism: int) -> LocalBackend:
+    return LocalBackend(parallelism=parallelism)
+
+
+def _run_stage(backend, requests, title: str, dry_run: bool = False) -> None:
+    if dry_run:
+        for r in requests:
+            click.echo(f"would run {r.kind:8s} {r.name}")
+        click.echo(f"{title}: {len(requests)} job(s) planned")
+        return
+    if not requests:
+        click.echo(f"{title}: nothing to do (all done)", err=True)
+        return
+    outcomes = backend.run(requests, title)
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        names = ", ".join(o.request.name for o in failed[:5])
+        raise click.ClickException(
+            f"{title}: {len(failed)} of {len(outcomes)} job(s) failed ({names}); logs in {backend.log_dir}/; "
+            f"re-run the command to retry only what is missing"
+        )
+
+
+def do_sweep(exp: Experiment, backend, dry_run: bool = False) -> None:
+    cfg, store, uri = exp.config, exp.store, exp.uri
+    head = None
+    if cfg.head.enabled:
+        head = plan.committed_head(cfg, store, uri)
+        if head is None:
+            _run_stage(backend, [plan.head_request(cfg, uri)], "head", dry_run)
+            head = plan.committed_head(cfg, store, uri)
+            if head is None and dry_run:
+                click.echo("train: grid runs are planned once the head exists")
+                return
+    _run_stage(backend, plan.train_requests(cfg, store, uri, head), "train", dry_run)
+
+
+def _head(exp: Experiment):
+    if not exp.config.head.enabled:
+        return None
+    head = plan.committed_head(exp.config, exp.store, exp.uri)
+    if head is None:
+        raise click.ClickException("the head stage has not run yet: run `orchestrator sweep` first")
+    return head
+
+
+def do_evaluate_snapshots(exp: Experiment, backend, dry_run: bool = False) -> None:
+    runs = plan.finished_runs(exp.config, exp.store, exp.uri, _head(exp))
+    if not runs:
+        raise click.ClickException("no finished runs to evaluate: run `orchestrator sweep` first")
+    refs = [ref for r in runs for ref in plan.snapshot_refs(exp.store, r.run_key)]
+    _run_stage(backend, plan.evaluate_requests(exp.config, exp.store, exp.uri, refs), "evaluate snapshots", dry_run)
+
+
+def do_average(exp: Experiment, backend, dry_run: bool = False) -> list:
+    runs = plan.finished_runs(exp.config, exp.store, exp.uri, _head(exp))
+    if not runs:
+        raise click.ClickException("no finished runs to average: run `orchestrator sweep` first")
+    draws = plan.make_draws(exp.config, runs)
+    _run_stage(backend, plan.average_requests(exp.config, exp.uri, runs, draws), "average", dry_run)
+    return plan.average_refs(exp.config, runs, draws)
+
+
+def do_evaluate_averages(exp: Experiment, backend, dry_run: bool = False) -> None:
+    runs = plan.finished_runs(exp.config, exp.store, exp.uri, _head(exp))
+    draws = plan.make_draws(exp.config, runs)
+    refs = [r for r in plan.average_refs(exp.config, runs, draws) if exp.store.exists(layout.manifest_key(r))]
+    _run_stage(backend, plan.evaluate_requests(exp.config, exp.store, exp.uri, refs), "evaluate averages", dry_run)
+
+
+dry_run_option = click.option("--dry-run", is_flag=True, help="Print the jobs that would run; run nothing.")
+
+
+@click.command()
+@experiment_options
+@dry_run_option
+def sweep(exp: Experiment, parallelism: int, backend: str, dry_run: bool) -> None:
+    """Train the head stage (when enabled and missing), then every grid run not yet complete."""
+    do_sweep(exp, _backend(parallelism), dry_run)
+
+
+@click.command()
+@experiment_options
+@dry_run_option
+@click.option("--ref", "refs", multiple=True, help="Evaluate only these model refs (repeatable).")
+@click.option("--averages/--snapshots", "averages", default=False, help="Evaluate averaged models instead of snapshots.")
+def evaluate(exp: Experiment, parallelism: int, backend: str, dry_run: bool, refs: tuple[str, ...], averages: bool) -> None:
+    """Evaluate snapshots (or averaged models) on English dev and every target set."""
+    b = _backend(parallelism)
+    if refs:
+        missing = [r for r in refs if not exp.store.exists(layout.manifest_key(r))]
+        if missing:
+            raise click.ClickException(f"model ref {missing[0]} does not exist in {exp.uri}; `orchestrator status` lists refs")
+        _run_stage(b, plan.evaluate_requests(exp.config, exp.store, exp.uri, list(refs)), "evaluate", dry_run)
+    elif averages:
+        do_evaluate_averages(exp, b, dry_run)
+    else:
+        do_evaluate_snapshots(exp, b, dry_run)
+
+
+@click.command()
+@experiment_options
+@dry_run_option
+@click.option("--draws", type=click.IntRange(1), default=None, help="Number of draws (sample seeds 0..N-1).")
+@click.option("--runs-per-draw", type=click.IntRange(1), default=None, help="K: runs per draw.")
+@click.option("--methods", default=None, help="Comma-separated: r-last,r-dev,r-ca,soup-N.")
+@click.pass_context
+def average(ctx, exp: Experiment, parallelism: int, backend: str, dry_run: bool, draws, runs_per_draw, methods) -> None:
+    """Average snapshots: each run's CA, and every method for every k of every draw."""
+    import dataclasses
+
+    d = exp.config.draws
+    d = dataclasses.replace(
+        d,
+        count=draws or d.count,
+        runs_per_draw=runs_per_draw or d.runs_per_draw,
+        methods=tuple(m.strip() for m in methods.split(",")) if methods else d.methods,
+    )
+    d.validate("--methods")
+    exp.config = dataclasses.replace(exp.config, draws=d)
+    do_average(exp, _backend(parallelism), dry_run)
+
+
+@click.command()
+@experiment_options
+@click.pass_context
+def pipeline(ctx, exp: Experiment, parallelism: int, backend: str) -> None:
+    """Run every stage in order: head, sweep, evaluate, average, evaluate averages, tables."""
+    b = _backend(parallelism)
+    do_sweep(exp, b)
+    do_evaluate_snapshots(exp, b)
+    do_average(exp, b)
+    do_evaluate_averages(exp, b)
+    from orchestrator.report import print_summary_table
+
+    print_summary_table(exp)

@@ -1,0 +1,162 @@
+"""Planning: turn an experiment config and what the store already holds into job specs.
+
+Every function here is pure apart from reading the store; the backends only execute. What is
+complete in the store is never planned again, so re-running any stage redoes only what is missing.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from jobs import layout
+from jobs.draws import Draw, RunInfo, draw_runs
+from jobs.snapshots import is_committed, read_manifest
+from jobs.spec import AverageSpec, EvaluateSpec, HeadRef, TrainSpec
+from jobs.store import ObjectStore
+
+from orchestrator.config import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One job for a backend: kind, spec, a readable name and labels for monitoring."""
+
+    kind: str  # train | evaluate | average
+    stage: str  # head | train | evaluate | average
+    name: str
+    spec: object
+    labels: dict = field(default_factory=dict)
+
+
+def _train_spec(cfg: ExperimentConfig, uri: str, lr: float, bs: int, seed: int, stage: str, head: HeadRef | None) -> TrainSpec:
+    return TrainSpec(
+        experiment_uri=uri,
+        task=cfg.task,
+        base_model=cfg.base_model,
+        train_data=cfg.data.train,
+        dev_data=cfg.data.dev,
+        learning_rate=lr,
+        batch_size=bs,
+        seed=seed,
+        epochs=cfg.epochs,
+        snapshots_per_epoch=cfg.snapshots_per_epoch,
+        warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        max_length=cfg.max_length,
+        precision=cfg.precision,
+        stage=stage,
+        head=head,
+        micro_batch_size=cfg.micro_batch_size,
+        eval_batch_size=cfg.eval_batch_size,
+    )
+
+
+def _labels(spec: TrainSpec) -> dict:
+    return {"stage": spec.stage, "task": spec.task, "lr": spec.learning_rate, "bs": spec.batch_size, "seed": spec.seed, "run": spec.run_key}
+
+
+def head_spec(cfg: ExperimentConfig, uri: str) -> TrainSpec:
+    h = cfg.head
+    return _train_spec(cfg, uri, h.learning_rate, h.batch_size, h.seed, "head", None)
+
+
+def head_request(cfg: ExperimentConfig, uri: str) -> JobRequest:
+    spec = head_spec(cfg, uri)
+    return JobRequest("train", "head", f"head-{cfg.task}-{spec.run_key[:8]}", spec, _labels(spec))
+
+
+def committed_head(cfg: ExperimentConfig, store: ObjectStore, uri: str) -> HeadRef | None:
+    """The head a grid run freezes, once the head stage has committed it."""
+    key = head_spec(cfg, uri).run_key
+    ref = layout.head_ref(key)
+    if not is_committed(store, ref):
+        return None
+    return HeadRef(ref=ref, sha256=read_manifest(store, ref)["sha256"])
+
+
+def grid_specs(cfg: ExperimentConfig, uri: str, head: HeadRef | None) -> list[TrainSpec]:
+    return [
+        _train_spec(cfg, uri, lr, bs, seed, "train", head)
+        for lr in cfg.grid.learning_rates
+        for bs in cfg.grid.batch_sizes
+        for seed in cfg.grid.seeds
+    ]
+
+
+def train_requests(cfg: ExperimentConfig, store: ObjectStore, uri: str, head: HeadRef | None) -> list[JobRequest]:
+    """Grid runs that are not complete yet."""
+    out = []
+    for spec in grid_specs(cfg, uri, head):
+        if store.exists(layout.run_complete_key(spec.run_key)):
+            continue
+        name = f"train-{cfg.task}-{spec.run_key[:8]}"
+        out.append(JobRequest("train", "train", name, spec, _labels(spec)))
+    return out
+
+
+def finished_runs(cfg: ExperimentConfig, store: ObjectStore, uri: str, head: HeadRef | None) -> list[RunInfo]:
+    """The grid runs of this config whose run is complete."""
+    return [
+        RunInfo(s.run_key, s.learning_rate, s.batch_size, s.seed)
+        for s in grid_specs(cfg, uri, head)
+        if store.exists(layout.run_complete_key(s.run_key))
+    ]
+
+
+def snapshot_refs(store: ObjectStore, run_key: str) -> list[str]:
+    info = json.loads(store.get_bytes(layout.run_complete_key(run_key)))
+    return list(info["snapshots"])
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def evaluate_requests(cfg: ExperimentConfig, store: ObjectStore, uri: str, refs: list[str], per_job: int = 16) -> list[JobRequest]:
+    """Evaluate jobs for every ref without results, `per_job` models per job (one data load)."""
+    todo = [r for r in refs if not store.exists(layout.results_key(r))]
+    targets = tuple(ref for t in cfg.data.targets for ref in t.refs())
+    out = []
+    for i, chunk in enumerate(_chunks(todo, per_job)):
+        spec = EvaluateSpec(
+            experiment_uri=uri,
+            task=cfg.task,
+            base_model=cfg.base_model,
+            refs=tuple(chunk),
+            source_dev=cfg.data.dev,
+            targets=targets,
+            max_length=cfg.max_length,
+            batch_size=cfg.eval_batch_size,
+        )
+        from jobs.spec import short_hash
+
+        out.append(JobRequest("evaluate", "evaluate", f"evaluate-{cfg.task}-{short_hash(list(chunk), 8)}", spec, {"stage": "evaluate", "task": cfg.task}))
+    return out
+
+
+def make_draws(cfg: ExperimentConfig, runs: list[RunInfo]) -> list[Draw]:
+    return [draw_runs(runs, seed, cfg.draws.runs_per_draw) for seed in range(cfg.draws.count)]
+
+
+def average_requests(cfg: ExperimentConfig, uri: str, runs: list[RunInfo], draws: list[Draw]) -> list[JobRequest]:
+    """Per-run CA for every finished run, and one job per draw computing every method and k."""
+    out = []
+    if runs:
+        spec = AverageSpec(experiment_uri=uri, task=cfg.task, methods=("ca",), run_keys=tuple(r.run_key for r in runs))
+        out.append(JobRequest("average", "average", f"average-{cfg.task}-ca", spec, {"stage": "average", "task": cfg.task}))
+    for draw in draws:
+        spec = AverageSpec(experiment_uri=uri, task=cfg.task, methods=tuple(cfg.draws.methods), run_keys=draw.run_keys, draw_seed=draw.seed)
+        out.append(JobRequest("average", "average", f"average-{cfg.task}-draw{draw.seed}", spec, {"stage": "average", "task": cfg.task, "draw": draw.seed}))
+    return out
+
+
+def average_refs(cfg: ExperimentConfig, runs: list[RunInfo], draws: list[Draw]) -> list[str]:
+    """Refs of every averaged model the average stage produces (for evaluation)."""
+    from jobs.spec import short_hash
+
+    refs = [layout.run_average_ref(r.run_key) for r in runs]
+    for draw in draws:
+        h = short_hash(list(draw.run_keys), 8)
+        refs += [layout.draw_average_ref(draw.seed, h, m, k) for m in cfg.draws.methods for k in range(1, draw.k + 1)]
+    return refs
