@@ -1,15 +1,33 @@
-"""The average job: uniform averages of snapshots, streamed tensor by tensor.
+"""The average job: uniform averages of snapshots, streamed through the CPU cache.
 
 Run it as `python -m jobs average --spec spec.json`. Three shapes of work (see AverageSpec):
 a run's CA (its run-sum divided by its snapshot count), every method for every k = 1..K of a
-draw in one pass (prefix sums over the draw's runs: each input file is fetched once per job),
-and an explicit list of refs. Inputs are validated (committed, sha256, identical tensor names,
-shapes, dtypes, frozen heads and integer buffers) before anything is computed or written.
+draw in one pass, and an explicit list of refs.
+
+How it works (and why it is fast and small):
+- Inputs are fetched once per job (downloads run concurrently), memory-mapped, and read as
+  zero-copy views of the page cache: no input is ever copied into process memory.
+- The pass is tensor-major over flat chunks of CHUNK_ELEMENTS elements: for each chunk, every
+  output is computed from the inputs' views into a chunk-sized accumulator that stays in the
+  CPU cache, then handed to its writer. Memory is a few chunks, whatever N or the model size.
+- Outputs of one method form a chain over k: output k is output k-1 plus the new terms (and,
+  for soups whose top set changes, minus the dropped ones), so R-CA over k runs adds k
+  run-sums once, not k(k+1)/2 times. Chains with subtractions accumulate in float64 (no
+  cancellation error); pure sums in float32. Integer buffers are checked equal and copied.
+- Validation comes first (committed, sizes, identical tensor names, shapes, dtypes, frozen
+  heads, integer buffers); sha256 checks run concurrently in the background (once per machine,
+  see jobs.snapshots) and must pass before anything is committed. On any error nothing is
+  written to the store.
+- Greedy soup (method `greedy`) needs English dev forward passes to pick its members; the
+  members' average is then computed by the same streaming pass.
 """
 from __future__ import annotations
 
 import json
+import queue
+import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,12 +36,15 @@ import torch
 from jobs import layout
 from jobs.common import log, progress, setup_torch
 from jobs.errors import PermanentError
-from jobs.snapshots import WeightsCache, commit_model, is_committed, read_manifest
-from jobs.spec import AverageSpec, short_hash, to_dict
+from jobs.snapshots import SnapshotError, Verification, WeightsCache, commit_model, is_committed, read_manifest
+from jobs.spec import AverageSpec, short_hash
 from jobs.store import ObjectStore, open_store
-from jobs.tensorio import Readers, StreamingWriter, TensorInfo, read_header
+from jobs.tensorio import DTYPE_BY_NAME, HeaderError, MappedFile, StreamingWriter, TensorInfo
 
-CHUNK_BYTES = 64 << 20  # rows of a large tensor are averaged in slices of about this size
+CHUNK_ELEMENTS = 1 << 20  # 4 MB of float32: the running sum stays in L2/L3 while the inputs stream by
+WRITE_BUFFERS = 6  # output chunks queued for the writer threads (bounds memory, keeps disks busy)
+OUTPUT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_NAMES = {"fp32": "F32", "bf16": "BF16", "fp16": "F16"}
 
 
 class AverageError(PermanentError):
@@ -41,12 +62,20 @@ class Output:
     manifest: dict = field(default_factory=dict)
 
 
+# ---------------------------------------------------------------------------------------------
+# Planning: which inputs make which outputs
+# ---------------------------------------------------------------------------------------------
+
+
 def run_info(store: ObjectStore, run_key: str) -> dict:
     """The run-sum manifest of a finished run: its snapshots with their English dev scores."""
     ref = layout.run_sum_ref(run_key)
     if not is_committed(store, ref):
         raise AverageError(f"run {run_key} is not finished (no committed run-sum at {ref}); train it first")
-    return read_manifest(store, ref)
+    info = read_manifest(store, ref)
+    if not info.get("snapshots") or info.get("count") != len(info["snapshots"]):
+        raise AverageError(f"run-sum of run {run_key} lists {len(info.get('snapshots') or [])} snapshots but counts {info.get('count')}")
+    return info
 
 
 def last_snapshot(info: dict) -> dict:
@@ -59,15 +88,31 @@ def best_snapshot(info: dict) -> dict:
     return max(snaps, key=lambda s: s["dev_score"])  # max keeps the first of equal scores
 
 
-def plan_draw(store: ObjectStore, spec: AverageSpec) -> tuple[list[Output], dict]:
-    """Outputs for every method and k of a draw, in the order they are computed."""
-    infos = [run_info(store, key) for key in spec.run_keys]
-    draw_hash = short_hash(list(spec.run_keys), 8)
-    draw = {"seed": spec.draw_seed, "k": len(spec.run_keys), "run_keys": list(spec.run_keys), "hash": draw_hash}
+def ranked_snapshots(infos: list[dict]) -> list[dict]:
+    """Snapshots of these runs by English dev score, best first; ties: draw order, then step."""
+    ordered = [s for i in infos for s in sorted(i["snapshots"], key=lambda s: s["step"])]
+    return sorted(ordered, key=lambda s: -s["dev_score"])  # stable
+
+
+def draw_record(spec: AverageSpec) -> dict:
+    return {
+        "seed": spec.draw_seed,
+        "k": len(spec.run_keys),
+        "run_keys": list(spec.run_keys),
+        "hash": short_hash(list(spec.run_keys), 8),
+        "methods": list(spec.methods),
+    }
+
+
+def plan_draw(store: ObjectStore, spec: AverageSpec, greedy: dict[int, dict] | None = None, infos: list[dict] | None = None) -> tuple[list[Output], dict]:
+    """Outputs for every method and k of a draw, in chain order (method, then k)."""
+    infos = infos or [run_info(store, key) for key in spec.run_keys]
+    draw = draw_record(spec)
     outputs = []
     for method in spec.methods:
         for k in range(1, len(infos) + 1):
             prefix = infos[:k]
+            extra: dict = {}
             if method == "r-ca":
                 terms = [(layout.run_sum_ref(i["run_key"]), 1.0) for i in prefix]
                 divisor = float(sum(i["count"] for i in prefix))
@@ -77,24 +122,33 @@ def plan_draw(store: ObjectStore, spec: AverageSpec) -> tuple[list[Output], dict
                 members = [pick(i) for i in prefix]
                 terms = [(s["ref"], 1.0) for s in members]
                 divisor = float(k)
-            else:  # soup-N: the N best snapshots by English dev among the first k runs
-                n = int(method.split("-", 1)[1])
-                ranked = [s for i in prefix for s in sorted(i["snapshots"], key=lambda s: s["step"])]
-                members = sorted(ranked, key=lambda s: -s["dev_score"])[:n]  # stable: draw order, then step
+            elif method == "greedy":
+                if greedy is None:
+                    raise AverageError("greedy soup needs its selection pass first (plan_draw(..., greedy=...))")
+                chosen = greedy[k]
+                by_ref = {s["ref"]: s for i in prefix for s in i["snapshots"]}
+                members = [by_ref[r] for r in chosen["members"]]
                 terms = [(s["ref"], 1.0) for s in members]
                 divisor = float(len(members))
-            ref = layout.draw_average_ref(spec.draw_seed, draw_hash, method, k)
+                extra = {"dev_score": chosen["dev_score"], "dev_metric": chosen["dev_metric"], "greedy": chosen["trace"]}
+            else:  # soup-N: the N best snapshots by English dev among the first k runs
+                n = int(method.split("-", 1)[1])
+                members = ranked_snapshots(prefix)[:n]
+                terms = [(s["ref"], 1.0) for s in members]
+                divisor = float(len(members))
+            ref = layout.draw_average_ref(spec.draw_seed, draw["hash"], method, k)
             manifest = {
                 "kind": "draw-average",
                 "method": method,
                 "k": k,
                 "draw_seed": spec.draw_seed,
-                "draw_hash": draw_hash,
+                "draw_hash": draw["hash"],
                 "run_keys": list(spec.run_keys[:k]),
                 "constituents": [{"ref": s["ref"], "sha256": s["sha256"]} for s in members],
                 "count": len(members),
                 "head_sha256": infos[0].get("head_sha256"),
                 "spec": infos[0]["spec"],
+                **extra,
             }
             outputs.append(Output(ref, method, terms, divisor, manifest))
     return outputs, draw
@@ -145,130 +199,399 @@ def plan_uniform(store: ObjectStore, spec: AverageSpec) -> list[Output]:
     ]
 
 
-def _validate(store: ObjectStore, paths: dict[str, Path], manifests: dict[str, dict]) -> dict[str, TensorInfo]:
-    """Same tensors, shapes, dtypes and frozen heads everywhere, else name the first mismatch."""
-    refs = list(paths)
+def draw_inputs(store: ObjectStore, spec: AverageSpec) -> set[str]:
+    """Every model ref a draw's averages read (for garbage collection): greedy may read any
+    snapshot of the draw's runs."""
+    infos = [run_info(store, key) for key in spec.run_keys]
+    refs: set[str] = set()
+    if "greedy" in spec.methods:
+        refs |= {s["ref"] for i in infos for s in i["snapshots"]}
+    methods = tuple(m for m in spec.methods if m != "greedy")
+    if methods:
+        import dataclasses
+
+        outputs, _ = plan_draw(store, dataclasses.replace(spec, methods=methods), infos=infos)
+        refs |= {r for o in outputs for r, _ in o.terms}
+    return refs
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy soup: members chosen by English dev forward passes
+# ---------------------------------------------------------------------------------------------
+
+
+def greedy_selection(store: ObjectStore, spec: AverageSpec, infos: list[dict], cache: WeightsCache) -> dict[int, dict]:
+    """Wortsman et al.'s greedy soup over the snapshots of the first k runs, for every k.
+
+    Candidates are ranked by their English dev score (from the train job); the best starts the
+    soup; each next candidate joins if the soup's English dev score does not drop. Soup scores
+    are memoised by member set, so the k + 1 pass replays the k pass for free until a snapshot
+    of run k + 1 comes up."""
+    from jobs.common import build_model
+    from jobs.models import load_tokenizer
+    from jobs.spec import DatasetRef, from_mapping
+    from jobs.tasks import get_task
+
+    run_spec = infos[0]["spec"]
+    task = get_task(spec.task)
+    tokenizer = load_tokenizer(run_spec["base_model"])
+    dev = from_mapping(DatasetRef, run_spec["dev_data"], "dev_data")
+    examples = task.load(dev)
+    features = task.encode(tokenizer, examples, run_spec.get("max_length", 128))
+    batch_size = run_spec.get("eval_batch_size", 64)
+    model = build_model(task, run_spec["base_model"])
+    model.eval()
+
+    snapshots = [s for i in infos for s in i["snapshots"]]
+    manifests = {s["ref"]: read_manifest(store, s["ref"]) for s in snapshots}
+    paths, verification = cache.fetch(manifests.items())
+    verification.wait()
+    files = {ref: MappedFile(p) for ref, p in paths.items()}
+    memo: dict[tuple[str, ...], float] = {}
+    evaluated = 0
+
+    def soup_state(members: list[str]) -> dict[str, torch.Tensor]:
+        first = files[members[0]]
+        state = {}
+        for name, info in first.infos.items():
+            if not info.is_float:
+                state[name] = first.tensor(name).clone()
+                continue
+            acc = torch.zeros(info.shape, dtype=torch.float64)
+            for ref in members:
+                acc.add_(files[ref].tensor(name))
+            state[name] = (acc / len(members)).to(DTYPE_BY_NAME[info.dtype])
+        return state
+
+    def score(members: list[str]) -> float:
+        nonlocal evaluated
+        key = tuple(sorted(members))
+        if key not in memo:
+            model.load_state_dict(soup_state(members), strict=False)
+            memo[key] = float(task.score(model, tokenizer, examples, features, batch_size))
+            evaluated += 1
+        return memo[key]
+
+    selection = {}
+    try:
+        for k in range(1, len(infos) + 1):
+            ranked = ranked_snapshots(infos[:k])
+            soup = [ranked[0]["ref"]]
+            best = float(ranked[0]["dev_score"])  # one snapshot: the train job's score, no forward pass
+            trace = [{"ref": ranked[0]["ref"], "dev_score": best, "added": True}]
+            for cand in ranked[1:]:
+                s = score(soup + [cand["ref"]])
+                added = s >= best
+                trace.append({"ref": cand["ref"], "dev_score": s, "added": added})
+                if added:
+                    soup.append(cand["ref"])
+                    best = s
+            selection[k] = {"members": soup, "dev_score": best, "dev_metric": task.metric, "trace": trace}
+            log.info("greedy soup k=%d: %d of %d snapshots, English dev %.4f", k, len(soup), len(ranked), best)
+    finally:
+        for f in files.values():
+            f.close()
+    log.info("greedy soup: %d forward passes over English dev", evaluated)
+    return selection
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+
+def validate_inputs(files: dict[str, MappedFile], manifests: dict[str, dict]) -> dict[str, TensorInfo]:
+    """Same tensors, shapes, dtypes, frozen heads and integer buffers everywhere, else an
+    AverageError naming the first mismatching tensor and the two models."""
+    refs = list(files)
     first = refs[0]
-    infos, _ = read_header(paths[first])
+    infos = files[first].infos
     heads = {ref: manifests[ref].get("head_sha256") for ref in refs}
+    sums = {ref for ref in refs if manifests[ref].get("kind") == "run-sum"}
     for ref in refs[1:]:
         if heads[ref] != heads[first]:
             raise AverageError(
                 f"frozen heads differ: {first} has head {str(heads[first])[:12]}, {ref} has {str(heads[ref])[:12]}; "
                 f"average only runs trained from the same head"
             )
-        other, _ = read_header(paths[ref])
+        other = files[ref].infos
         for name in sorted(set(infos) | set(other)):
-            if name not in infos or name not in other:
-                raise AverageError(f"tensor {name} is in only one of {first} and {ref}")
+            if name not in other:
+                raise AverageError(f"tensor {name} is in {first} but not in {ref}")
+            if name not in infos:
+                raise AverageError(f"tensor {name} is in {ref} but not in {first}")
             a, b = infos[name], other[name]
             if a.shape != b.shape:
                 raise AverageError(f"tensor {name} has shape {a.shape} in {first} but {b.shape} in {ref}")
-            # run-sums are fp32 while snapshots may be bf16: compare float-ness, not width
-            if a.is_float != b.is_float or (not a.is_float and a.dtype != b.dtype):
+            # a run-sum is fp32 while snapshots may be bf16: against a run-sum compare float-ness
+            loose = first in sums or ref in sums
+            if a.is_float != b.is_float or ((not loose or not a.is_float) and a.dtype != b.dtype):
                 raise AverageError(f"tensor {name} has dtype {a.dtype} in {first} but {b.dtype} in {ref}")
+    for name in sorted(n for n, i in infos.items() if not i.is_float):
+        reference = files[first].flat(name)
+        for ref in refs[1:]:
+            if not torch.equal(files[ref].flat(name), reference):
+                raise AverageError(f"integer buffer {name} differs between {first} and {ref}; it cannot be averaged")
     return infos
+
+
+# ---------------------------------------------------------------------------------------------
+# The streaming pass
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Step:
+    output: Output
+    reset: bool
+    ops: list[tuple[str, float]]  # (input ref, weight to add): negative weights remove a term
+    write: bool
+
+
+@dataclass
+class _Chain:
+    steps: list[_Step]
+    dtype: torch.dtype
+
+
+def _chains(outputs: list[Output], write_refs: set[str]) -> list[_Chain]:
+    """Group outputs by method (in order) and turn each group into incremental steps."""
+    groups: dict[str, list[Output]] = {}
+    for o in outputs:
+        groups.setdefault(o.method, []).append(o)
+    chains = []
+    for group in groups.values():
+        steps: list[_Step] = []
+        current: dict[str, float] = {}
+        for o in group:
+            target: dict[str, float] = {}
+            for ref, w in o.terms:
+                target[ref] = target.get(ref, 0.0) + w
+            delta = [(r, w - current.get(r, 0.0)) for r, w in target.items() if w != current.get(r, 0.0)]
+            delta += [(r, -w) for r, w in current.items() if r not in target]
+            if not current or len(delta) >= len(target):
+                steps.append(_Step(o, True, list(target.items()), o.ref in write_refs))
+            else:
+                steps.append(_Step(o, False, delta, o.ref in write_refs))
+            current = target
+        # trailing outputs that are not written need not be computed
+        while steps and not steps[-1].write:
+            steps.pop()
+        if steps:
+            subtracts = any(w < 0 for s in steps for _, w in s.ops)
+            chains.append(_Chain(steps, torch.float64 if subtracts else torch.float32))
+    return chains
+
+
+class _BufferPool:
+    """A few chunk-sized output buffers recycled by the writer threads: bounded, reused memory."""
+
+    def __init__(self, count: int, elements: int, dtype: torch.dtype):
+        self._free: queue.Queue = queue.Queue()
+        self._mine: set[int] = set()
+        for _ in range(count):
+            buf = torch.empty(elements, dtype=dtype)
+            self._mine.add(buf.data_ptr())
+            self._free.put(buf)
+
+    def get(self) -> torch.Tensor:
+        return self._free.get()
+
+    def release(self, tensor: torch.Tensor) -> None:
+        base = tensor._base if tensor._base is not None else tensor
+        if base.data_ptr() in self._mine:  # not the zero-copy integer views also written
+            self._free.put(base)
+
+
+def stream_average(
+    files: dict[str, MappedFile],
+    infos: dict[str, TensorInfo],
+    outputs: list[Output],
+    out_paths: dict[str, Path],
+    out_dtype: str = "fp32",
+    write_refs: set[str] | None = None,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> dict[str, tuple[str, int]]:
+    """Compute outputs in one tensor-major pass over the mapped inputs; write each to its path.
+
+    Returns {output ref: (sha256, size)} for the outputs written."""
+    write_refs = set(o.ref for o in outputs) if write_refs is None else write_refs
+    chains = _chains(outputs, write_refs)
+    written = [s.output for c in chains for s in c.steps if s.write]
+    float_out = DTYPE_NAMES[out_dtype]
+    out_infos = {n: TensorInfo(float_out, i.shape) if i.is_float else i for n, i in infos.items()}
+    largest = max([i.numel for i in infos.values() if i.is_float] or [1])
+    chunk = max(1, min(chunk_elements, largest))
+    pool = _BufferPool(WRITE_BUFFERS, chunk, OUTPUT_DTYPES[out_dtype])
+    accumulators = {dt: torch.empty(chunk, dtype=dt) for dt in {c.dtype for c in chains}}
+    slots = threading.Semaphore(4 * max(1, len(written)) + WRITE_BUFFERS)
+    writers: dict[str, StreamingWriter] = {}
+    try:
+        for o in written:
+            writers[o.ref] = StreamingWriter(out_paths[o.ref], out_infos, {"method": o.method}, slots, pool.release)
+        used = sorted({r for c in chains for s in c.steps for r, _ in s.ops})
+        first = next(iter(files))
+        positions = [(name, start) for name in sorted(infos) if infos[name].is_float for start in range(0, infos[name].numel, chunk)]
+        next_position = {p: positions[i + 1] for i, p in enumerate(positions[:-1])}
+        for name in progress(sorted(infos), desc="average", unit="tensor"):
+            info = infos[name]
+            if not info.is_float or info.numel == 0:
+                value = files[first].flat(name)  # integer buffers are equal everywhere: copy one
+                for o in written:
+                    writers[o.ref].write(name, value)
+                continue
+            for start in range(0, info.numel, chunk):
+                stop = min(info.numel, start + chunk)
+                ahead = next_position.get((name, start))
+                if ahead is not None:  # cold files: let the kernel read the next chunk meanwhile
+                    a_info = infos[ahead[0]]
+                    for ref in used:
+                        files[ref].prefetch(ahead[0], ahead[1], min(a_info.numel, ahead[1] + chunk))
+                for c in chains:
+                    acc = accumulators[c.dtype][: stop - start]
+                    for step in c.steps:
+                        if step.reset:
+                            acc.zero_()
+                        for ref, weight in step.ops:
+                            x = files[ref].flat(name, start, stop)
+                            if weight == 1.0:
+                                acc.add_(x)
+                            else:
+                                acc.add_(x, alpha=weight)
+                        if step.write:
+                            buf = pool.get()[: stop - start]
+                            torch.div(acc, step.output.divisor, out=buf)
+                            writers[step.output.ref].write(name, buf)
+        result = {}
+        for ref, w in writers.items():
+            result[ref] = (w.close(), w.size)
+        return result
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+
+
+def _open(paths: dict[str, Path]) -> dict[str, MappedFile]:
+    files = {}
+    try:
+        for ref, p in paths.items():
+            try:
+                files[ref] = MappedFile(p)
+            except HeaderError as e:
+                raise SnapshotError(f"model {ref}: {e}") from None
+    except BaseException:
+        for f in files.values():
+            f.close()
+        raise
+    return files
 
 
 def execute(
     store: ObjectStore,
     outputs: list[Output],
     scratch: Path,
-    out_dtype: torch.dtype = torch.float32,
+    out_dtype: str = "fp32",
     commit: bool = True,
+    write_refs: set[str] | None = None,
+    manifests: dict[str, dict] | None = None,
+    cache: WeightsCache | None = None,
+    before_commit=None,
+    background_verify: bool = True,
 ) -> list[dict]:
-    """Compute every output in one streaming pass over the inputs; commit each to the store."""
-    cache = WeightsCache(store, scratch / "cache")
+    """Fetch, validate, compute every output in one streaming pass, then commit each.
+
+    `write_refs` limits which outputs are written (the others are computed only as steps of
+    a chain); `before_commit()` runs once every input is verified and every output computed."""
+    cache = cache or WeightsCache(store, scratch / "cache")
+    write_refs = set(o.ref for o in outputs) if write_refs is None else set(write_refs)
     needed = list(dict.fromkeys(ref for o in outputs for ref, _ in o.terms))
-    manifests = {ref: read_manifest(store, ref) for ref in needed}
-    paths = {ref: cache.path(ref, manifests[ref]) for ref in needed}
-    infos = _validate(store, paths, manifests)
-    out_infos = {n: TensorInfo({torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}[out_dtype], i.shape) if i.is_float else i for n, i in infos.items()}
-
-    files = {o.ref: scratch / "out" / f"{i:04d}.safetensors" for i, o in enumerate(outputs)}
-    (scratch / "out").mkdir(parents=True, exist_ok=True)
-    writers = {o.ref: StreamingWriter(files[o.ref], out_infos, {"method": o.method}) for o in outputs}
-    by_method: dict[str, list[Output]] = {}
-    for o in outputs:
-        by_method.setdefault(o.method, []).append(o)
-    with Readers(paths) as readers:
-        for name in progress(sorted(infos), desc="average", unit="tensor"):
-            info = infos[name]
-            if not info.is_float:
-                _copy_integer_tensor(readers, needed, name, outputs, writers)
-                continue
-            rows = info.shape[0] if info.shape else 1
-            row_bytes = max(1, info.nbytes // max(rows, 1))
-            step = max(1, CHUNK_BYTES // row_bytes)
-            for start in range(0, rows, step):
-                stop = min(rows, start + step)
-                cache_chunk: dict[str, torch.Tensor] = {}
-
-                def chunk(ref: str) -> torch.Tensor:
-                    if ref not in cache_chunk:
-                        if info.shape:
-                            cache_chunk[ref] = readers._handles[ref].get_slice(name)[start:stop].float()
-                        else:
-                            cache_chunk[ref] = readers.get(ref, name).float()
-                    return cache_chunk[ref]
-
-                for method_outputs in by_method.values():
-                    # prefix sums: when output k's terms extend output k-1's, add only the new ones
-                    acc: torch.Tensor | None = None
-                    previous: list[tuple[str, float]] = []
-                    for o in method_outputs:
-                        if acc is not None and o.terms[: len(previous)] == previous:
-                            new_terms = o.terms[len(previous):]
-                        else:
-                            acc, new_terms = None, o.terms
-                        for ref, weight in new_terms:
-                            x = chunk(ref)
-                            acc = x * weight if acc is None else acc.add_(x, alpha=weight)
-                        previous = o.terms
-                        writers[o.ref].write(name, acc / o.divisor)
-                    # soup inputs are dropped as soon as this chunk is done: memory stays bounded
-                cache_chunk.clear()
-    for w in writers.values():
-        w.close()
-    committed = []
-    if commit:
-        for o in outputs:
-            committed.append(commit_model(store, o.ref, files[o.ref], o.manifest))
-            files[o.ref].unlink()
-    return committed
+    manifests = dict(manifests or {})
+    for ref in needed:
+        if ref not in manifests:
+            manifests[ref] = read_manifest(store, ref)
+    paths, verification = cache.fetch([(r, manifests[r]) for r in needed], background=background_verify)
+    files = _open(paths)
+    scratch.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(tempfile.mkdtemp(prefix="out-", dir=scratch))
+    try:
+        try:
+            infos = validate_inputs(files, manifests)
+        except AverageError:
+            verification.wait()  # a corrupted file explains a mismatch better than the mismatch
+            raise
+        out_paths = {o.ref: out_dir / f"{i:04d}.safetensors" for i, o in enumerate(outputs)}
+        hashes = stream_average(files, infos, outputs, out_paths, out_dtype, write_refs)
+        verification.wait()  # every input verified before anything is committed
+    finally:
+        for f in files.values():
+            f.close()
+    try:
+        if before_commit is not None:
+            before_commit()
+        committed = []
+        if commit:
+            by_ref = {o.ref: o for o in outputs}
+            for ref, (sha, _size) in hashes.items():
+                o = by_ref[ref]
+                committed.append(commit_model(store, ref, out_paths[ref], dict(o.manifest, dtype=out_dtype), sha256=sha))
+                out_paths[ref].unlink()
+        return committed
+    finally:
+        if commit:
+            shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _copy_integer_tensor(readers: Readers, refs, name, outputs, writers) -> None:
-    values = {ref: readers.get(ref, name) for ref in refs}
-    first_ref = refs[0]
-    for ref in refs[1:]:
-        if not torch.equal(values[ref], values[first_ref]):
-            raise AverageError(f"integer buffer {name} differs between {first_ref} and {ref}; it cannot be averaged")
-    for o in outputs:
-        writers[o.ref].write(name, values[first_ref])
+def _done(store: ObjectStore, ref: str) -> bool:
+    """An average is done once committed, or once evaluated (gc may then have deleted it)."""
+    return is_committed(store, ref) or store.exists(layout.results_key(ref))
 
 
-def run_average(spec: AverageSpec, scratch: Path | None = None) -> list[str]:
+def run_average(spec: AverageSpec, scratch: Path | None = None, store: ObjectStore | None = None) -> list[str]:
     setup_torch(spec.num_threads)
-    store = open_store(spec.experiment_uri)
+    store = store or open_store(spec.experiment_uri)
+    own_scratch = scratch is None
     scratch = Path(scratch or tempfile.mkdtemp(prefix="xlt-average-"))
+    try:
+        return _run_average(spec, scratch, store)
+    finally:
+        if own_scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_average(spec: AverageSpec, scratch: Path, store: ObjectStore) -> list[str]:
+    cache = WeightsCache(store, scratch / "cache")
     draw = None
+    manifests: dict[str, dict] = {}
     if spec.methods == ("uniform",):
         outputs = plan_uniform(store, spec)
     elif spec.methods == ("ca",):
         outputs = plan_run_averages(store, spec)
     else:
-        outputs, draw = plan_draw(store, spec)
-    todo = [o for o in outputs if not is_committed(store, o.ref)]  # a retry redoes only what is missing
-    if draw is not None:
-        record = json.dumps(draw, indent=1).encode()
-        store.put_bytes(layout.draw_key(spec.draw_seed, draw["hash"]), record)
+        infos = [run_info(store, key) for key in spec.run_keys]
+        manifests = {layout.run_sum_ref(i["run_key"]): i for i in infos}
+        draw = draw_record(spec)
+        greedy = None
+        if "greedy" in spec.methods:
+            greedy_refs = [layout.draw_average_ref(spec.draw_seed, draw["hash"], "greedy", k) for k in range(1, len(infos) + 1)]
+            if not all(_done(store, r) for r in greedy_refs):
+                greedy = greedy_selection(store, spec, infos, cache)
+            else:  # the greedy outputs exist: plan them as done
+                greedy = {k: {"members": [ranked_snapshots(infos[:k])[0]["ref"]], "dev_score": None, "dev_metric": None, "trace": []} for k in range(1, len(infos) + 1)}
+        outputs, draw = plan_draw(store, spec, greedy, infos)
+
+    def write_draw_record() -> None:
+        if draw is not None:
+            record = json.dumps(draw, indent=1).encode()
+            store.put_bytes(layout.draw_key(spec.draw_seed, draw["hash"]), record)
+            store.put_bytes(f"averages/s{spec.draw_seed}-{draw['hash']}/draw.json", record)
+
+    todo = {o.ref for o in outputs if not _done(store, o.ref)}  # a retry redoes only what is missing
     if not todo:
         log.info("all %d averaged models exist", len(outputs))
+        if draw is not None and not store.exists(layout.draw_key(spec.draw_seed, draw["hash"])):
+            write_draw_record()
         return []
-    # keep whole prefix chains together so prefix sums stay valid
-    methods_todo = {o.method for o in todo}
-    todo = [o for o in outputs if o.method in methods_todo]
-    committed = execute(store, todo, scratch)
+    committed = execute(store, outputs, scratch, spec.output_dtype, write_refs=todo, manifests=manifests, cache=cache, before_commit=write_draw_record)
     log.info("committed %d averaged models", len(committed))
     return [m["ref"] for m in committed]

@@ -216,7 +216,8 @@ class EvaluateSpec:
             raise SpecError(f"{where + '.' if where else ''}refs: name at least one model reference")
 
 
-AVERAGE_METHODS = ("ca", "r-last", "r-dev", "r-ca", "uniform")  # plus soup-N for any N >= 1
+AVERAGE_METHODS = ("ca", "r-last", "r-dev", "r-ca", "greedy", "uniform")  # plus soup-N for any N >= 1
+OUTPUT_DTYPES = ("fp32", "bf16", "fp16")
 
 
 def check_method(method: str, where: str = "methods") -> str:
@@ -246,6 +247,7 @@ class AverageSpec:
     draw_seed: Optional[int] = None
     refs: tuple[str, ...] = ()
     output_ref: Optional[str] = None
+    output_dtype: str = "fp32"  # fp32 | bf16 | fp16: the stored averages' float dtype (sums are fp32 or fp64)
     num_threads: Optional[int] = None
     deadline_seconds: Optional[int] = None
     version: int = SPEC_VERSION
@@ -254,6 +256,8 @@ class AverageSpec:
         p = f"{where}." if where else ""
         if not self.methods:
             raise SpecError(f"{p}methods: name at least one method")
+        if self.output_dtype not in OUTPUT_DTYPES:
+            raise SpecError(f"{p}output_dtype: must be one of {', '.join(OUTPUT_DTYPES)}, got {self.output_dtype!r}")
         for i, m in enumerate(self.methods):
             check_method(m, f"{p}methods[{i}]")
         if "uniform" in self.methods:

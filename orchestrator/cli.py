@@ -11,6 +11,8 @@ import click
 
 from jobs.errors import JobError
 
+from orchestrator.commands.cluster import cancel, logs, render
+from orchestrator.commands.soup import export, soup
 from orchestrator.commands.stages import average, evaluate, pipeline, sweep
 from orchestrator.commands.status import status
 from orchestrator.commands.tables import tables
@@ -37,7 +39,7 @@ def main(ctx, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for command in (sweep, evaluate, average, status, tables, pipeline):
+for command in (sweep, evaluate, average, status, tables, pipeline, soup, export, render, logs, cancel):
     main.add_command(command)
 
 

@@ -104,6 +104,13 @@ def finished_runs(cfg: ExperimentConfig, store: ObjectStore, uri: str, head: Hea
     ]
 
 
+def draw_from_grid(cfg: ExperimentConfig, uri: str, head: HeadRef | None, seed: int, k: int) -> Draw:
+    """A draw of k runs from the whole grid (finished or not): PROTOCOL's shuffle, as if every
+    grid run had finished, so that it equals `draw_runs` over the grid once all have (the soup)."""
+    runs = [RunInfo(s.run_key, s.learning_rate, s.batch_size, s.seed) for s in grid_specs(cfg, uri, head)]
+    return draw_runs(runs, seed, k)
+
+
 def snapshot_refs(store: ObjectStore, run_key: str) -> list[str]:
     info = json.loads(store.get_bytes(layout.run_complete_key(run_key)))
     return list(info["snapshots"])
