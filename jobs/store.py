@@ -197,7 +197,8 @@ class S3Store:
         self.prefix = prefix.strip("/")
         self.counter = counter
         self.uri = join_uri(f"s3://{bucket}", self.prefix)
-        self._client = _client or boto3.client(
+        # a fresh session per store: the default session caches credentials for the process
+        self._client = _client or boto3.session.Session().client(
             "s3",
             config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
         )
@@ -307,7 +308,10 @@ class S3Store:
 
     def check(self) -> None:
         """Fail fast with a clear error if the bucket is unreachable or refuses us."""
-        self._call("head_bucket", "", lambda: self._client.head_bucket(Bucket=self.bucket))
+        try:
+            self._call("head_bucket", "", lambda: self._client.head_bucket(Bucket=self.bucket))
+        except NotFound:
+            raise StoreConfigError(f"bucket s3://{self.bucket} does not exist: create it or fix --bucket") from None
 
 
 def open_store(uri: str, counter: ReadCounter | None = None) -> ObjectStore:
