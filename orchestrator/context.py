@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import click
 
@@ -21,10 +21,30 @@ class Experiment:
     name: str
     uri: str
     store: ObjectStore
+    cluster: dict = field(default_factory=dict)  # --backend k8s: the cluster options (see cluster_options)
+
+
+CLUSTER_OPTIONS = ("cluster_config", "namespace", "image_prefix", "image_tag", "queue", "retry_failed", "kube_context")
+
+
+def cluster_options(fn):
+    """--cluster-config --namespace --image-prefix --image-tag --queue --retry-failed --kube-context (--backend k8s)."""
+    for option in reversed((
+        click.option("--cluster-config", envvar="ORCHESTRATOR_CLUSTER_CONFIG", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="YAML with a `cluster:` section (k8s/cluster.example.yaml) for --backend k8s."),
+        click.option("--namespace", envvar="ORCHESTRATOR_NAMESPACE", default=None, help="Kubernetes namespace of the Jobs. [default: xlt]"),
+        click.option("--image-prefix", envvar="ORCHESTRATOR_IMAGE_PREFIX", default=None, help="Registry/org of the images PREFIX/xlt-{train,evaluate,average}."),
+        click.option("--image-tag", envvar="ORCHESTRATOR_IMAGE_TAG", default=None, help="Tag of the images. [default: the package version]"),
+        click.option("--queue", envvar="ORCHESTRATOR_QUEUE", default=None, help="Kueue LocalQueue: label the Jobs and create them suspended."),
+        click.option("--retry-failed", is_flag=True, default=False, help="Delete and recreate Jobs that failed earlier."),
+        click.option("--kube-context", envvar="ORCHESTRATOR_KUBE_CONTEXT", default=None, help="kubeconfig context. [default: the current one]"),
+    )):
+        fn = option(fn)
+    return fn
 
 
 def experiment_options(fn):
-    """--bucket --experiment --config --task --base-model --parallelism --backend."""
+    """--bucket --experiment --config --task --base-model --parallelism --backend, and the cluster options."""
 
     @bucket_option
     @experiment_option
@@ -32,17 +52,24 @@ def experiment_options(fn):
     @click.option("--task", default=None, help="Task id (nli, ner, tydiqa); overrides the config file. [default: nli]")
     @click.option("--base-model", default=None, help="Hugging Face name or path, or 'tiny'. [default: xlm-roberta-large]")
     @click.option("--parallelism", default=2, show_default=True, type=click.IntRange(1), help="Jobs run at once.")
-    @click.option("--backend", type=click.Choice(["local"]), default="local", show_default=True, help="Where jobs run.")
+    @click.option("--backend", type=click.Choice(["local", "k8s"]), default="local", show_default=True, help="Where jobs run: subprocesses or Kubernetes Jobs.")
+    @cluster_options
+    @click.option("--target", "targets", multiple=True, metavar="DATASET[:LANG,...]",
+                  help="Evaluate on these target sets only (repeatable), e.g. --target xnli:de,fr --target americasnli.")
+    @click.option("--data-root", default=None, help="Folder that relative local data paths of the config are joined to.")
     @functools.wraps(fn)
-    def wrapper(bucket, experiment, config_path, task, base_model, **kwargs):
-        exp = open_experiment(bucket, experiment, config_path, {"task": task, "base_model": base_model})
+    def wrapper(bucket, experiment, config_path, task, base_model, targets, data_root, **kwargs):
+        cluster = {name: kwargs.pop(name) for name in CLUSTER_OPTIONS}
+        exp = open_experiment(bucket, experiment, config_path, {"task": task, "base_model": base_model}, targets, data_root)
+        exp.cluster = cluster
         return fn(exp, **kwargs)
 
     return wrapper
 
 
-def open_experiment(bucket: str, experiment: str | None, config_path: str | None, overrides: dict) -> Experiment:
-    cfg = load_config(config_path, overrides)
+def open_experiment(bucket: str, experiment: str | None, config_path: str | None, overrides: dict,
+                    targets: tuple[str, ...] = (), data_root: str | None = None) -> Experiment:
+    cfg = load_config(config_path, overrides, targets, data_root)
     name = experiment or default_experiment(cfg.task, cfg.base_model)
     if "/" in name or not name.strip():
         raise click.UsageError(f"--experiment {name!r}: use a plain name without '/'")

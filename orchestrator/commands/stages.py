@@ -10,11 +10,18 @@ from orchestrator.backends.local import LocalBackend
 from orchestrator.context import Experiment, experiment_options
 
 
-def _backend(parallelism: int) -> LocalBackend:
+def _backend(exp: Experiment, parallelism: int, backend: str = "local"):
+    if backend == "k8s":
+        from orchestrator.backends.k8s import backend_for
+
+        return backend_for(exp, parallelism)
     return LocalBackend(parallelism=parallelism)
 
 
 def _run_stage(backend, requests, title: str, dry_run: bool = False) -> None:
+    if dry_run and hasattr(backend, "describe"):  # k8s: the Jobs and the plan's cost
+        backend.describe(requests, title)
+        return
     if dry_run:
         for r in requests:
             click.echo(f"would run {r.kind:8s} {r.name}")
@@ -43,6 +50,8 @@ def do_sweep(exp: Experiment, backend, dry_run: bool = False) -> None:
             head = plan.committed_head(cfg, store, uri)
             if head is None and dry_run:
                 click.echo("train: grid runs are planned once the head exists")
+                if hasattr(backend, "describe"):  # k8s: still show what the grid will cost
+                    _run_stage(backend, plan.train_requests(cfg, store, uri, None), "train (estimate; names change once the head exists)", dry_run)
                 return
     _run_stage(backend, plan.train_requests(cfg, store, uri, head), "train", dry_run)
 
@@ -88,7 +97,7 @@ dry_run_option = click.option("--dry-run", is_flag=True, help="Print the jobs th
 @dry_run_option
 def sweep(exp: Experiment, parallelism: int, backend: str, dry_run: bool) -> None:
     """Train the head stage (when enabled and missing), then every grid run not yet complete."""
-    do_sweep(exp, _backend(parallelism), dry_run)
+    do_sweep(exp, _backend(exp, parallelism, backend), dry_run)
 
 
 @click.command()
@@ -98,7 +107,7 @@ def sweep(exp: Experiment, parallelism: int, backend: str, dry_run: bool) -> Non
 @click.option("--averages/--snapshots", "averages", default=False, help="Evaluate averaged models instead of snapshots.")
 def evaluate(exp: Experiment, parallelism: int, backend: str, dry_run: bool, refs: tuple[str, ...], averages: bool) -> None:
     """Evaluate snapshots (or averaged models) on English dev and every target set."""
-    b = _backend(parallelism)
+    b = _backend(exp, parallelism, backend)
     if refs:
         missing = [r for r in refs if not exp.store.exists(layout.manifest_key(r))]
         if missing:
@@ -130,7 +139,7 @@ def average(ctx, exp: Experiment, parallelism: int, backend: str, dry_run: bool,
     )
     d.validate("--methods")
     exp.config = dataclasses.replace(exp.config, draws=d)
-    do_average(exp, _backend(parallelism), dry_run)
+    do_average(exp, _backend(exp, parallelism, backend), dry_run)
 
 
 @click.command()
@@ -138,7 +147,7 @@ def average(ctx, exp: Experiment, parallelism: int, backend: str, dry_run: bool,
 @click.pass_context
 def pipeline(ctx, exp: Experiment, parallelism: int, backend: str) -> None:
     """Run every stage in order: head, sweep, evaluate, average, evaluate averages, tables."""
-    b = _backend(parallelism)
+    b = _backend(exp, parallelism, backend)
     do_sweep(exp, b)
     do_evaluate_snapshots(exp, b)
     do_average(exp, b)

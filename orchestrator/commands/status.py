@@ -56,6 +56,13 @@ def format_rows(rows: list[dict]) -> str:
 def status(exp: Experiment, parallelism: int, backend: str) -> None:
     """Show every run of the experiment: stage, state, snapshots, latest English dev score and ref."""
     rows = run_rows(exp)
+    if backend == "k8s":  # a Job-state column: what the cluster says beside what the store holds
+        from orchestrator.backends.k8s import backend_for
+
+        jobs = backend_for(exp, parallelism, show_progress=False).job_table()
+        for row in rows:
+            job = jobs.get(row["run"], {})
+            row.update({"job state": job.get("job state", "-"), "retries": job.get("retries", "-")})
     click.echo(f"experiment {exp.name} at {exp.uri}")
     click.echo(format_rows(rows))
     averages = sorted({k.rsplit("/", 1)[0] for k in exp.store.list_keys("averages/") if k.endswith(layout.MANIFEST)})
