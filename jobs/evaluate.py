@@ -11,6 +11,7 @@ from pathlib import Path
 
 from jobs import layout
 from jobs.common import load_model_from_ref, log, progress, ref_kind, setup_torch
+from jobs.data.cache import encode_cached
 from jobs.models import load_tokenizer
 from jobs.results import results_frame, to_parquet_bytes
 from jobs.snapshots import WeightsCache
@@ -39,7 +40,7 @@ def run_evaluate(spec: EvaluateSpec, scratch: Path | None = None, force: bool = 
     sets: list[tuple[DatasetRef, list[dict], list[dict]]] = []
     for ref in (spec.source_dev, *spec.targets):
         examples = task.load(ref)
-        sets.append((ref, examples, task.encode(tokenizer, examples, spec.max_length)))
+        sets.append((ref, examples, encode_cached(task, tokenizer, examples, spec.max_length)))
 
     written = []
     for ref in progress(todo, desc="evaluate", unit="model"):
@@ -64,10 +65,11 @@ def run_evaluate(spec: EvaluateSpec, scratch: Path | None = None, force: bool = 
         rows = []
         for i, (dref, examples, features) in enumerate(sets):
             if i == 0 and base["kind"] == "snapshot" and manifest.get("dev_score") is not None:
-                value = manifest["dev_score"]  # selection scores come from one place: the train job
+                values = {task.metric: manifest["dev_score"]}  # selection scores come from one place: the train job
             else:
-                value = task.score(model, tokenizer, examples, features, spec.batch_size)
-            rows.append(dict(base, dataset=dref.dataset, language=dref.language, split=dref.split, value=value, n_examples=len(features)))
+                values = task.evaluate(model, tokenizer, examples, features, spec.batch_size)  # primary metric first
+            for metric, value in values.items():
+                rows.append(dict(base, metric=metric, dataset=dref.dataset, language=dref.language, split=dref.split, value=value, n_examples=len(examples)))
         store.put_bytes(layout.results_key(ref), to_parquet_bytes(results_frame(rows)))
         written.append(ref)
         log.info("evaluated %s: English dev %.4f", ref, rows[0]["value"])

@@ -104,7 +104,9 @@ def to_dict(obj) -> dict:
 class DatasetRef:
     """One evaluation or training set: a registered dataset, a language and a split.
 
-    `path`/`format` point at local files (see jobs.data); `limit` keeps the first N examples.
+    `path`/`format` point at local files (see jobs.data); `half` keeps the first or second half
+    of the examples (a language with one labelled file gives validation and test halves, so
+    trg-dev never selects on what it reports); `limit` then keeps the first N examples.
     """
 
     dataset: str
@@ -113,10 +115,13 @@ class DatasetRef:
     path: Optional[str] = None
     format: Optional[str] = None
     limit: Optional[int] = None
+    half: Optional[str] = None  # first | second
 
     def validate(self, where: str) -> None:
         if self.limit is not None and self.limit < 1:
             raise SpecError(f"{where}.limit: must be >= 1, got {self.limit}")
+        if self.half not in (None, "first", "second"):
+            raise SpecError(f"{where}.half: must be 'first' or 'second', got {self.half!r}")
 
     @property
     def label(self) -> str:

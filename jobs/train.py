@@ -17,6 +17,7 @@ import torch
 
 from jobs import layout
 from jobs.common import load_pretrained, log, progress, setup_torch
+from jobs.data.cache import encode_cached
 from jobs.errors import PermanentError
 from jobs.models import load_tokenizer
 from jobs.snapshots import WeightsCache, commit_model, read_manifest, save_state_dict
@@ -89,8 +90,8 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
     tokenizer = load_tokenizer(spec.base_model)
     train_examples = task.load(spec.train_data)
     dev_examples = task.load(spec.dev_data)
-    train_features = task.encode(tokenizer, train_examples, spec.max_length)
-    dev_features = task.encode(tokenizer, dev_examples, spec.max_length)
+    train_features = encode_cached(task, tokenizer, train_examples, spec.max_length)
+    dev_features = encode_cached(task, tokenizer, dev_examples, spec.max_length)
 
     model = load_pretrained(task, spec.base_model)
     head_sha = None

@@ -6,12 +6,15 @@ name the field (`grid.learning_rates[2]: expected a number`).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
+from jobs.data import registry
+from jobs.data.errors import DataError
 from jobs.spec import DatasetRef, SpecError, check_method, from_mapping, to_dict
 
 PAPER_LEARNING_RATES = (1e-6, 5e-6, 1e-5, 1.5e-5, 2e-5, 2.5e-5, 3e-5)
@@ -46,11 +49,19 @@ class HeadSettings:
     seed: int = 0
 
 
+HALVES = ("first", "second")
+
+
 @dataclass(frozen=True)
 class TargetSet:
-    """Target languages of one dataset, evaluated on each split (validation selects trg-dev).
+    """Target languages of one registered dataset (jobs.data.registry), evaluated on each split
+    (validation selects trg-dev, test reports).
 
-    `path` may be a template with {language} and {split} for local files."""
+    Local files: `path` is a template with {language} and {split} (relative paths are joined to
+    data.root); `split_paths` gives a template per split where the file names differ (MasakhaNER's
+    dev.txt / test.txt). A language with one labelled file uses the same file for both splits
+    with `halves: {validation: first, test: second}`: the first half of its examples (in file
+    order) validates, the second half is reported, so trg-dev never selects on what it reports."""
 
     dataset: str
     languages: tuple[str, ...]
@@ -58,6 +69,28 @@ class TargetSet:
     path: Optional[str] = None
     format: Optional[str] = None
     limit: Optional[int] = None
+    split_paths: Optional[dict] = None  # split -> path template
+    halves: Optional[dict] = None  # split -> first | second
+
+    def validate(self, where: str) -> None:
+        for name in ("split_paths", "halves"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                raise SpecError(f"{where}.{name}: expected a mapping from split to string")
+            unknown = sorted(set(value) - set(self.splits))
+            if unknown:
+                raise SpecError(f"{where}.{name}: split(s) {', '.join(unknown)} are not in splits {list(self.splits)}")
+        for split, half in (self.halves or {}).items():
+            if half not in HALVES:
+                raise SpecError(f"{where}.halves.{split}: must be first or second, got {half!r}")
+        if not self.languages:
+            raise SpecError(f"{where}.languages: needs at least one language")
+
+    def path_for(self, language: str, split: str) -> Optional[str]:
+        template = (self.split_paths or {}).get(split, self.path)
+        return template.format(language=language, split=split) if template else None
 
     def refs(self) -> list[DatasetRef]:
         return [
@@ -65,9 +98,10 @@ class TargetSet:
                 dataset=self.dataset,
                 language=language,
                 split=split,
-                path=self.path.format(language=language, split=split) if self.path else None,
+                path=self.path_for(language, split),
                 format=self.format,
                 limit=self.limit,
+                half=(self.halves or {}).get(split),
             )
             for language in self.languages
             for split in self.splits
@@ -76,9 +110,15 @@ class TargetSet:
 
 @dataclass(frozen=True)
 class DataSettings:
+    """Source training set, English dev set (selection) and target sets.
+
+    `root` (or --data-root, ORCHESTRATOR_DATA_ROOT) is joined to every relative local path; the
+    result is made absolute when the config is loaded, so jobs see the same files."""
+
     train: DatasetRef
     dev: DatasetRef
     targets: tuple[TargetSet, ...]
+    root: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -120,12 +160,25 @@ class ExperimentConfig:
         return to_dict(self)
 
 
-SYNTHETIC_TARGETS = {"nli": TargetSet("synthetic-nli", ("xx-near", "xx-mid", "xx-far"))}
-XNLI_LANGUAGES = ("ar", "bg", "de", "el", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
+SYNTHETIC_LANGUAGES = ("xx-near", "xx-mid", "xx-far")
+SYNTHETIC_TARGETS = {task: TargetSet(f"synthetic-{task}", SYNTHETIC_LANGUAGES) for task in ("nli", "ner", "tydiqa")}
+XNLI_LANGUAGES = registry.target_languages(registry.get("xnli"))
+# maximum sequence length per task (PROTOCOL.md); the tiny preset has 128 positions
+DEFAULT_MAX_LENGTH = {"nli": 128, "ner": 128, "tydiqa": 384}
+TINY_MAX_LENGTH = 128
+
+
+def paper_targets(task: str) -> tuple[TargetSet, ...]:
+    """Every target set of the paper for a task, all of its target languages, from the Hub."""
+    return tuple(
+        TargetSet(name, registry.target_languages(registry.get(name))) for name in registry.PAPER_TARGETS[task]
+    )
 
 
 def default_data(task: str, base_model: str) -> DataSettings:
     """The paper's data for real models; the synthetic sets for the tiny preset."""
+    if task not in registry.PAPER_TARGETS:
+        raise SpecError(f"no default data for task {task!r}; known tasks: {', '.join(registry.PAPER_TARGETS)}")
     if base_model == "tiny":
         return DataSettings(
             train=DatasetRef(f"synthetic-{task}", "en", "train"),
@@ -136,13 +189,105 @@ def default_data(task: str, base_model: str) -> DataSettings:
         return DataSettings(
             train=DatasetRef("mnli", "en", "train"),
             dev=DatasetRef("xnli", "en", "validation"),  # the paper selects on XNLI en, not MNLI
-            targets=(TargetSet("xnli", XNLI_LANGUAGES),),
+            targets=paper_targets(task),
         )
-    raise SpecError(f"no default data for task {task!r}; give data: in --config")
+    if task == "ner":
+        return DataSettings(
+            train=DatasetRef("wikiann", "en", "train"),
+            dev=DatasetRef("wikiann", "en", "validation"),
+            targets=paper_targets(task),
+        )
+    return DataSettings(  # tydiqa: English dev selects; targets map validation/test to Hub train/dev
+        train=DatasetRef("tydiqa", "en", "train"),
+        dev=DatasetRef("tydiqa", "en", "validation"),
+        targets=paper_targets(task),
+    )
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any]) -> ExperimentConfig:
-    """Defaults, then the YAML file, then non-None flag overrides (dotted keys allowed)."""
+def parse_target(text: str) -> tuple[str, tuple[str, ...]]:
+    """`DATASET[:LANG,LANG...]` -> (dataset, languages); no languages means all of them."""
+    name, _, langs = text.partition(":")
+    languages = tuple(l.strip() for l in langs.split(",") if l.strip())
+    if not name.strip():
+        raise SpecError(f"--target {text!r}: expected DATASET[:LANG,LANG...]")
+    return name.strip(), languages
+
+
+def select_targets(cfg: "ExperimentConfig", texts: tuple[str, ...]) -> "ExperimentConfig":
+    """Replace the config's target sets by the ones named (`--target xnli:de,fr --target americasnli`).
+
+    A dataset that the config already lists keeps its settings (local paths, halves, limit) with
+    the languages chosen; another comes from the Hub with the paper's split mapping."""
+    if not texts:
+        return cfg
+    chosen = []
+    for text in texts:
+        name, languages = parse_target(text)
+        try:
+            info = registry.get(name, cfg.task)
+            for language in languages:
+                registry.check_language(info, language)
+        except DataError as e:
+            raise SpecError(f"--target {text}: {e}") from None
+        existing = next((t for t in cfg.data.targets if t.dataset == name), None)
+        if existing is not None:
+            if existing.path or existing.split_paths:
+                extra = [l for l in languages if l not in existing.languages]
+                if extra:
+                    raise SpecError(
+                        f"--target {text}: the config has local files of {name} for {', '.join(existing.languages)} only, not {', '.join(extra)}"
+                    )
+            chosen.append(dataclasses.replace(existing, languages=languages or existing.languages))
+        else:
+            chosen.append(TargetSet(name, languages or registry.target_languages(info)))
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, targets=tuple(chosen)))
+
+
+def _resolve(path: Optional[str], root: Optional[str]) -> Optional[str]:
+    """A local path (or template) joined to the data root and made absolute."""
+    if not path:
+        return path
+    p = Path(os.path.expanduser(path))
+    if not p.is_absolute() and root:
+        p = Path(os.path.expanduser(root)) / p
+    return os.path.abspath(p)
+
+
+def resolve_data(data: DataSettings, root: Optional[str]) -> DataSettings:
+    root = root or data.root
+    ref = lambda r: dataclasses.replace(r, path=_resolve(r.path, root))  # noqa: E731
+    targets = tuple(
+        dataclasses.replace(
+            t,
+            path=_resolve(t.path, root),
+            split_paths={k: _resolve(v, root) for k, v in t.split_paths.items()} if t.split_paths else t.split_paths,
+        )
+        for t in data.targets
+    )
+    return dataclasses.replace(data, train=ref(data.train), dev=ref(data.dev), targets=targets, root=root)
+
+
+def check_data(task: str, data: DataSettings) -> None:
+    """Every dataset is registered for the task, every language known (one-line SpecError)."""
+    sets = [("data.train", data.train.dataset, (data.train.language,)), ("data.dev", data.dev.dataset, (data.dev.language,))]
+    sets += [(f"data.targets[{i}]", t.dataset, t.languages) for i, t in enumerate(data.targets)]
+    for where, name, languages in sets:
+        try:
+            info = registry.get(name, task)
+            for language in languages:
+                registry.check_language(info, language)
+        except DataError as e:
+            raise SpecError(f"{where}: {e}") from None
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: dict[str, Any],
+    targets: tuple[str, ...] = (),
+    data_root: str | None = None,
+) -> ExperimentConfig:
+    """Defaults, then the YAML file, then non-None flag overrides (dotted keys allowed), then
+    `--target` choices; local paths are joined to the data root (`data_root` over `data.root`)."""
     data: dict = {}
     if path:
         try:
@@ -164,11 +309,16 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> Experimen
     data.setdefault("base_model", "xlm-roberta-large")
     if "data" not in data:
         data["data"] = to_dict(default_data(data["task"], data["base_model"]))
+    if "max_length" not in data:
+        data["max_length"] = TINY_MAX_LENGTH if data["base_model"] == "tiny" else DEFAULT_MAX_LENGTH.get(data["task"], 128)
     where = str(path) if path else "config"
     try:
-        return from_mapping(ExperimentConfig, data, "")
+        cfg = from_mapping(ExperimentConfig, data, "")
+        check_data(cfg.task, cfg.data)
+        cfg = select_targets(cfg, tuple(targets))
     except SpecError as e:
         raise SpecError(f"{where}: {e}") from None
+    return dataclasses.replace(cfg, data=resolve_data(cfg.data, data_root))
 
 
 def config_fields() -> list[str]:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from jobs.errors import SpecError
+from jobs.tasks.ner import NERTask
 from jobs.tasks.nli import NLITask
+from jobs.tasks.qa import QATask
 
-TASKS = {"nli": NLITask()}
+TASKS = {"nli": NLITask(), "ner": NERTask(), "tydiqa": QATask()}
 
 
 def get_task(name: str):

@@ -11,14 +11,19 @@ from jobs.spec import DatasetRef
 
 class Task(Protocol):
     name: str
-    metric: str  # acc | f1
+    metric: str  # the primary metric (selection and tables): acc | f1
     labels: tuple[str, ...]
     head_prefixes: tuple[str, ...]  # parameter-name prefixes of the classification head
+    encode_version: str  # bump when encode() changes: part of the feature-cache key
 
     def model_class(self) -> Any: ...
+    def model_kwargs(self) -> dict: ...
     def load(self, ref: DatasetRef) -> list[dict]: ...
     def encode(self, tokenizer, examples: Sequence[dict], max_length: int) -> list[dict]: ...
-    def score(self, model, tokenizer, examples: Sequence[dict], features: list[dict], batch_size: int) -> float: ...
+    def evaluate(self, model, tokenizer, examples: Sequence[dict], features: list[dict], batch_size: int) -> dict[str, float]:
+        """Every metric of the task, the primary one first (0-1 scale)."""
+    def score(self, model, tokenizer, examples: Sequence[dict], features: list[dict], batch_size: int) -> float:
+        """The primary metric."""
 
 
 def pad_batch(features: Sequence[dict], pad_id: int, label_pad: int = -100) -> dict[str, torch.Tensor]:
