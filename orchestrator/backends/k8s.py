@@ -128,7 +128,8 @@ class K8sBackend:
                 if os.environ.get("KUBERNETES_SERVICE_HOST"):
                     config.load_incluster_config()
                 else:
-                    config.load_kube_config(context=self.context)
+                    # read KUBECONFIG now: the client reads it once, when it is imported
+                    config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, context=self.context)
             except Exception as e:  # ConfigException, a malformed file, a missing context
                 raise click.ClickException(
                     f"no Kubernetes context ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "

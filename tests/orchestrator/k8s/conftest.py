@@ -70,11 +70,15 @@ class Emulator:
             verbs = {"create", "get", "list", "watch", "patch", "delete"}
             k.resources["batch/v1/jobs"] = kmock.ResourceInfo(kind="Job", namespaced=True, subresources={"status"}, verbs=verbs)
             k.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True, subresources={"log"}, verbs=verbs)
-            k.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs=verbs)
             self.k = k
             self.url = str(server.url).rstrip("/")
             self._ready.set()
             await self._stop.wait()
+
+    def add_namespace(self, name: str) -> None:
+        """kmock 0.8 cannot parse the cluster-scoped /api/v1/namespaces paths: answer GETs with a reaction."""
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}, "status": {"phase": "Active"}}
+        self.call(lambda: self.k[f"get /api/v1/namespaces/{name}"] << body)
 
     def call(self, fn) -> None:
         """Run fn() on the emulator's loop (reactions must be added there)."""
@@ -102,8 +106,7 @@ class Emulator:
 @pytest.fixture(scope="session")
 def emulator():
     emu = Emulator().start()
-    api = emu.api()
-    client.CoreV1Api(api).create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+    emu.add_namespace(NAMESPACE)
     yield emu
     emu.stop()
 
