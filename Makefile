@@ -83,8 +83,24 @@ push:
 	done
 
 image-smoke: install
-	XLT_IMAGE_SMOKE=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -m images tests/images
+	XLT_IMAGE_SMOKE=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -s -m images tests/images/test_image_smoke.py
 
 constraints: install
 	{ sed -n '1,/^# Regenerate/p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v -e '^#' -e '^-e '; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
+
+# --- Kubernetes (docs/kubernetes.md) -----------------------------------------------------------
+#   make sweep TASK=ner IMAGE=ghcr.io/acme BUCKET=s3://xlt NAMESPACE=xlt [TAG=0.1.0 QUEUE=xlt DRY_RUN=1]
+TASK ?= nli
+IMAGE ?=
+TAG ?= 0.1.0
+BUCKET ?= s3://xlt
+NAMESPACE ?= xlt
+CLUSTER_CONFIG ?= k8s/base/cluster.yaml
+
+.PHONY: sweep
+sweep: install
+	@test -n "$(IMAGE)" || { echo "make sweep: set IMAGE=REGISTRY/ORG (images IMAGE/xlt-train:TAG etc.)" >&2; exit 2; }
+	$(BIN)/orchestrator sweep --backend k8s --task $(TASK) --bucket $(BUCKET) --namespace $(NAMESPACE) \
+	  --image-prefix $(IMAGE) --image-tag $(TAG) --cluster-config $(CLUSTER_CONFIG) \
+	  $(if $(QUEUE),--queue $(QUEUE)) $(if $(DRY_RUN),--dry-run)

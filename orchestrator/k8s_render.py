@@ -346,7 +346,8 @@ def render_jobs(requests: list[JobRequest], experiment: str, settings: ClusterSe
 
 def to_yaml(objs: list[dict]) -> str:
     """A multi-document YAML stream for `kubectl apply -f -`."""
-    return yaml.safe_dump_all(objs, sort_keys=False, default_flow_style=False, width=1_000_000)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: ~10x faster for a full sweep
+    return yaml.dump_all(objs, Dumper=dumper, sort_keys=False, default_flow_style=False, width=1_000_000)
 
 
 # --- the cost of a plan -----------------------------------------------------------------------
