@@ -6,7 +6,7 @@ local files and verifies them against their manifest.
 
 Verification costs a sha256 pass over every byte (about 0.5-1.4 GB/s per core here, slower
 than reading page-cached weights), so a file is hashed once per machine: the verified
-(path, size, mtime_ns, ctime_ns, inode, sha256) is recorded in a small sidecar file under
+(device, inode, size, mtime_ns, ctime_ns, sha256) is recorded in a small sidecar file under
 `$XLT_VERIFIED_DIR` (default: the model cache's `verified/`), and a later job that finds the
 file unchanged trusts the recorded hash. Any write to the file changes its ctime, which no
 user tool can set back, so a modified file is hashed again. Many files are fetched and hashed
@@ -115,10 +115,11 @@ class VerifiedFiles:
     @staticmethod
     def _identity(path: Path) -> dict:
         st = os.stat(path)
-        return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
+        return {"device": st.st_dev, "inode": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
 
     def _record_path(self, path: Path) -> Path:
-        return self.directory / (hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32] + ".json")
+        st = os.stat(path)  # one record per file, whatever path (or hard link) reaches it
+        return self.directory / f"{st.st_dev}-{st.st_ino}.json"
 
     def known_sha(self, path: Path) -> str | None:
         """The recorded sha256 of `path` if the file is unchanged since it was hashed."""

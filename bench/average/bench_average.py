@@ -1,0 +1,369 @@
+"""Benchmark: average 10 xlm-roberta-base-size snapshots (1.1 GB each) from a local folder and from S3.
+
+Run it (opt-in, not part of pytest; needs ~25 GB free on the cache's disk):
+
+    .venv/bin/python bench/average/bench_average.py --cache /work/.bench-average [--mergekit /tmp/mergekit-venv]
+
+It writes the snapshots once into --cache (random weights from XLMRobertaConfig of base size,
+a LocalStore with manifests), then times, each in its own subprocess with its anonymous memory
+(RssAnon) sampled every 5 ms: `cat` of the same files, our streaming average (the bare pass and
+the whole job with commit, with and without the per-machine sha256 record), naive
+load-all-then-mean, the seed's method (load each state dict whole, scale and add in place), and
+mergekit's linear merge when a venv with mergekit 0.1.5 is given. Page-cached files throughout
+(each is read once before timing). Then the same job against a local SeaweedFS S3 server.
+Prints a JSON summary and a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PY = str(REPO / ".venv" / "bin" / "python")
+N = 10
+
+
+def rss_anon(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def measure(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> dict:
+    """Wall time, peak RssAnon over the whole process tree's root, and the child's own report."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd, text=True)
+    peak = 0
+    samples = []
+
+    def sample():
+        nonlocal peak
+        while proc.poll() is None:
+            v = rss_anon(proc.pid)
+            samples.append(v)
+            peak = max(peak, v)
+            time.sleep(0.005)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    th.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}): {err[-3000:]}")
+    report = {}
+    for line in out.splitlines():
+        if line.startswith("REPORT "):
+            report = json.loads(line[len("REPORT "):])
+    return {"wall_s": wall, "peak_anon": peak, **report}
+
+
+# ------------------------------------------------------------------------------------------
+# The subprocess bodies (each prints REPORT {json}: its own timing after imports and its baseline)
+# ------------------------------------------------------------------------------------------
+
+PRELUDE = textwrap.dedent(
+    """
+    import json, os, sys, time, threading
+    def anon():
+        for line in open('/proc/self/status'):
+            if line.startswith('RssAnon:'):
+                return int(line.split()[1]) * 1024
+    PEAK = [0]
+    def _sampler():
+        while True:
+            PEAK[0] = max(PEAK[0], anon()); time.sleep(0.002)
+    """
+)
+
+BODIES = {
+    "ours-pass": """
+import torch
+from jobs.average import Output, stream_average, validate_inputs
+from jobs.tensorio import MappedFile
+files = sys.argv[1].split(',')
+out = sys.argv[2]
+base = anon(); threading.Thread(target=_sampler, daemon=True).start()
+t = time.perf_counter()
+mapped = {f: MappedFile(f) for f in files}
+infos = validate_inputs(mapped, {f: {} for f in files})
+stream_average(mapped, infos, [Output('avg', 'uniform', [(f, 1.0) for f in files], float(len(files)))], {'avg': out})
+dt = time.perf_counter() - t
+print('REPORT ' + json.dumps({'inner_s': dt, 'base_anon': base, 'inner_peak_anon': max(PEAK[0], anon())}))
+""",
+    "ours-job": """
+import torch
+from jobs.average import run_average
+from jobs.spec import AverageSpec
+from jobs.store import open_store
+uri, refs, out_ref = sys.argv[1], sys.argv[2].split(','), sys.argv[3]
+store = open_store(uri)
+base = anon(); threading.Thread(target=_sampler, daemon=True).start()
+t = time.perf_counter()
+run_average(AverageSpec(experiment_uri=uri, task='nli', methods=('uniform',), refs=tuple(refs), output_ref=out_ref), store=store)
+dt = time.perf_counter() - t
+print('REPORT ' + json.dumps({'inner_s': dt, 'base_anon': base, 'inner_peak_anon': max(PEAK[0], anon())}))
+""",
+    "naive": """
+import torch
+from safetensors.torch import load_file
+files = sys.argv[1].split(',')
+base = anon(); threading.Thread(target=_sampler, daemon=True).start()
+t = time.perf_counter()
+states = [load_file(f) for f in files]
+avg = {k: (torch.stack([s[k].float() for s in states]).mean(0) if states[0][k].is_floating_point() else states[0][k]) for k in states[0]}
+dt = time.perf_counter() - t
+print('REPORT ' + json.dumps({'inner_s': dt, 'base_anon': base, 'inner_peak_anon': max(PEAK[0], anon())}))
+""",
+    "seed": """
+import torch
+from safetensors.torch import load_file
+files = sys.argv[1].split(',')
+base = anon(); threading.Thread(target=_sampler, daemon=True).start()
+t = time.perf_counter()
+avg = None
+for f in files:  # the original code: whole state dicts one after another, scaled and added in place
+    sd = load_file(f)
+    if avg is None:
+        avg = {k: (v.float().mul_(1 / len(files)) if v.is_floating_point() else v) for k, v in sd.items()}
+    else:
+        for k, v in sd.items():
+            if v.is_floating_point():
+                avg[k].add_(v, alpha=1 / len(files))
+    del sd
+dt = time.perf_counter() - t
+print('REPORT ' + json.dumps({'inner_s': dt, 'base_anon': base, 'inner_peak_anon': max(PEAK[0], anon())}))
+""",
+}
+
+
+def body(name: str) -> list[str]:
+    return [PY, "-c", PRELUDE + BODIES[name]]
+
+
+# ------------------------------------------------------------------------------------------
+# Inputs
+# ------------------------------------------------------------------------------------------
+
+
+def prepare(cache: Path) -> list[str]:
+    """10 committed snapshots in a LocalStore under cache/store/exp; returns their refs."""
+    refs = [f"runs/{'b' * 16}/snapshots/{(i + 1) * 100:08d}" for i in range(N)]
+    store_dir = cache / "store" / "exp"
+    if all((store_dir / r / "manifest.json").exists() for r in refs):
+        return refs
+    script = textwrap.dedent(
+        f"""
+        import torch, sys
+        from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+        from jobs.snapshots import commit_model, save_state_dict
+        from jobs.store import LocalStore
+        store = LocalStore({str(store_dir)!r})
+        config = XLMRobertaConfig(vocab_size=250002, max_position_embeddings=514, type_vocab_size=1, num_labels=3)
+        torch.manual_seed(0)
+        model = XLMRobertaForSequenceClassification(config)
+        base = {{k: v.detach().clone() for k, v in model.state_dict().items()}}
+        del model
+        print(sum(v.numel() for v in base.values()), 'parameters', flush=True)
+        tmp = {str(cache / 'tmp.safetensors')!r}
+        for i, ref in enumerate({refs!r}):
+            g = torch.Generator().manual_seed(i + 1)
+            state = {{k: (v + 0.01 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v) for k, v in base.items()}}
+            save_state_dict(state, tmp)
+            commit_model(store, ref, tmp, {{'kind': 'snapshot', 'step': (i + 1) * 100, 'dev_score': 0.5, 'head_sha256': None}})
+            print('wrote', ref, flush=True)
+        """
+    )
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run([PY, "-c", script], check=True)
+    (cache / "tmp.safetensors").unlink(missing_ok=True)
+    return refs
+
+
+def model_dirs(cache: Path, files: list[str]) -> list[str]:
+    """mergekit wants model folders: config.json plus the weights (symlinked, no copy)."""
+    from transformers import XLMRobertaConfig
+
+    config = XLMRobertaConfig(vocab_size=250002, max_position_embeddings=514, type_vocab_size=1, num_labels=3,
+                              architectures=["XLMRobertaForSequenceClassification"])
+    dirs = []
+    for i, f in enumerate(files):
+        d = cache / "mergekit-models" / f"m{i}"
+        d.mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(d)
+        link = d / "model.safetensors"
+        if not link.exists():
+            link.symlink_to(f)
+        dirs.append(str(d))
+    return dirs
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def start_weed(data: Path) -> tuple[subprocess.Popen, dict]:
+    names = ["master", "volume", "filer", "s3", "webdav", "admin", "debug"]
+    ports = dict(zip(names, free_ports(len(names))))
+    grpc = dict(zip(names, free_ports(len(names))))
+    weed = str(Path(PY).parent / "weed")
+    args = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-bucket=bench"]
+    for name in names:
+        args.append(f"-{name}.port={ports[name]}")
+        if name not in ("webdav", "debug", "s3"):
+            args.append(f"-{name}.port.grpc={grpc[name]}")
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
+    proc = subprocess.Popen(args, stdout=open(data / "weed.log", "wb"), stderr=subprocess.STDOUT, env=dict(os.environ, **env))
+    env.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{ports['s3']}", "AWS_DEFAULT_REGION": "us-east-1"})
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="bench", aws_secret_access_key="bench-secret", region_name="us-east-1")
+    deadline = time.time() + 60
+    while True:
+        try:
+            client.head_bucket(Bucket="bench")
+            return proc, env
+        except Exception:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("weed mini did not start")
+            time.sleep(0.3)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", default=str(REPO / ".bench-average"))
+    ap.add_argument("--mergekit", default="/tmp/mergekit-venv", help="venv with mergekit 0.1.5 ('' to skip)")
+    ap.add_argument("--skip-s3", action="store_true")
+    ap.add_argument("--prepare-only", action="store_true")
+    ap.add_argument("--out", default=str(REPO / "bench" / "average" / "results.json"))
+    args = ap.parse_args()
+    cache = Path(args.cache)
+    sys.path.insert(0, str(REPO))
+    env = dict(os.environ, XLT_VERIFIED_DIR=str(cache / "verified"), XLT_PROGRESS="0", PYTHONPATH=str(REPO))
+    refs = prepare(cache)
+    if args.prepare_only:
+        return
+    store_dir = cache / "store" / "exp"
+    files = [str(store_dir / r / "model.safetensors") for r in refs]
+    total = sum(os.path.getsize(f) for f in files)
+    one = total / N
+    results: dict = {"inputs": N, "bytes_total": total, "bytes_one": one, "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
+    out_file = str(cache / "out.safetensors")
+
+    def warm():
+        subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
+
+    warm()
+    results["cat"] = measure(["cat", *files], env)
+    results["cat"] = min(results["cat"], measure(["cat", *files], env), key=lambda r: r["wall_s"])
+    print("cat", results["cat"], flush=True)
+    results["ours-pass"] = measure(body("ours-pass") + [",".join(files), out_file], env)
+    print("ours-pass", results["ours-pass"], flush=True)
+    # the whole job: verify (cold: no sha256 record yet) + stream + commit into the store
+    shutil.rmtree(cache / "verified", ignore_errors=True)
+    uri = f"file://{store_dir}"
+    results["ours-job-cold-verify"] = measure(body("ours-job") + [uri, ",".join(refs), "bench/avg-cold"], env)
+    print("ours-job-cold-verify", results["ours-job-cold-verify"], flush=True)
+    warm()
+    results["ours-job"] = measure(body("ours-job") + [uri, ",".join(refs), "bench/avg-warm"], env)
+    print("ours-job", results["ours-job"], flush=True)
+    shutil.rmtree(store_dir / "bench", ignore_errors=True)
+    warm()
+    results["naive"] = measure(body("naive") + [",".join(files)], env)
+    print("naive", results["naive"], flush=True)
+    warm()
+    results["seed"] = measure(body("seed") + [",".join(files)], env)
+    print("seed", results["seed"], flush=True)
+    mk = Path(args.mergekit) / "bin" / "mergekit-yaml" if args.mergekit else None
+    if mk and mk.exists():
+        dirs = model_dirs(cache, files)
+        cfg = cache / "mergekit.yml"
+        cfg.write_text("merge_method: linear\ndtype: float32\nmodels:\n" + "".join(f"  - model: {d}\n    parameters:\n      weight: 1.0\n" for d in dirs))
+        out_dir = cache / "mergekit-out"
+        shutil.rmtree(out_dir, ignore_errors=True)
+        warm()
+        results["mergekit"] = measure([str(mk), str(cfg), str(out_dir), "--lazy-unpickle", "--allow-crimes"], dict(env, PYTHONPATH=""))
+        base = subprocess.run([str(Path(args.mergekit) / "bin" / "python"), "-c", PRELUDE + "import torch, mergekit.merge, mergekit.config\nprint(anon())"], capture_output=True, text=True, check=True)
+        results["mergekit"]["base_anon"] = int(base.stdout.strip().splitlines()[-1])
+        print("mergekit", results["mergekit"], flush=True)
+        shutil.rmtree(out_dir, ignore_errors=True)
+    if not args.skip_s3:
+        results.update(bench_s3(cache, refs, files, env))
+    results["loadavg_end"] = os.getloadavg()
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+
+
+def bench_s3(cache: Path, refs: list[str], files: list[str], env: dict) -> dict:
+    data = cache / "seaweedfs"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    proc, s3env = start_weed(data)
+    out: dict = {}
+    try:
+        env = dict(env, **s3env)
+        upload = textwrap.dedent(
+            f"""
+            import json
+            from concurrent.futures import ThreadPoolExecutor
+            from jobs.store import open_store
+            store = open_store('s3://bench/exp')
+            src = {str(cache / 'store' / 'exp')!r}
+            def up(ref):
+                store.put_file(ref + '/model.safetensors', src + '/' + ref + '/model.safetensors')
+                store.put_bytes(ref + '/manifest.json', open(src + '/' + ref + '/manifest.json', 'rb').read())
+            list(ThreadPoolExecutor(4).map(up, {refs!r}))
+            """
+        )
+        t = time.perf_counter()
+        subprocess.run([PY, "-c", upload], env=env, check=True)
+        out["s3-upload-inputs_s"] = time.perf_counter() - t
+        # the S3 analogue of cat: download the 10 objects concurrently, nothing else
+        dl = textwrap.dedent(
+            f"""
+            import tempfile
+            from concurrent.futures import ThreadPoolExecutor
+            from jobs.store import open_store
+            store = open_store('s3://bench/exp')
+            d = tempfile.mkdtemp(dir={str(cache)!r})
+            list(ThreadPoolExecutor(4).map(lambda r: store.get_file(r + '/model.safetensors', d + '/' + r.replace('/', '_')), {refs!r}))
+            import shutil; shutil.rmtree(d)
+            """
+        )
+        out["s3-download-only"] = measure([PY, "-c", dl], env)
+        print("s3-download-only", out["s3-download-only"], flush=True)
+        shutil.rmtree(cache / "verified", ignore_errors=True)
+        out["s3-ours-job"] = measure(body("ours-job") + ["s3://bench/exp", ",".join(refs), "bench/avg"], dict(env, TMPDIR=str(cache)))
+        print("s3-ours-job", out["s3-ours-job"], flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        shutil.rmtree(data, ignore_errors=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
