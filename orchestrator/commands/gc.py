@@ -1,0 +1,169 @@
+"""The `gc` command: delete stored models that no pending stage needs, after showing them.
+
+Kept always: each finished run's run-sum, last and src-dev snapshots, every results file, heads,
+draws, run specs, curves and logs, and anything of a run that is not finished. Deleted:
+- snapshots of finished runs that are neither last nor src-dev, once evaluated and not an input
+  of a pending average (a soup member, or any snapshot of a draw with a pending greedy soup);
+- trainer states of finished runs (only a resume needs them);
+- averaged models (draw averages, per-run CA) once evaluated: the tables read results only, and
+  the average stage counts an evaluated model as done.
+Manifests go before weights, so a reader never finds a committed model without its file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import click
+
+from jobs import layout
+from jobs.draws import DrawError
+from jobs.spec import AverageSpec
+
+from orchestrator import plan
+from orchestrator.context import Experiment, experiment_options
+
+
+@dataclass
+class Doomed:
+    ref: str
+    what: str  # snapshot | trainer-state | average
+    keys: list[str]
+    size: int
+
+
+def _evaluated(store, ref: str) -> bool:
+    return store.exists(layout.results_key(ref))
+
+
+def pending_inputs(exp: Experiment) -> set[str] | None:
+    """Model refs that a pending average needs; None if the draws cannot be made yet (then every
+    snapshot may still be needed)."""
+    from jobs.average import _done, draw_inputs
+
+    cfg, store, uri = exp.config, exp.store, exp.uri
+    head = plan.committed_head(cfg, store, uri) if cfg.head.enabled else None
+    if cfg.head.enabled and head is None:
+        return None
+    runs = plan.finished_runs(cfg, store, uri, head)
+    if not runs:
+        return set()
+    try:
+        draws = plan.make_draws(cfg, runs)
+    except DrawError:
+        return None
+    needed: set[str] = set()
+    for draw in draws:
+        spec = AverageSpec(experiment_uri=uri, task=cfg.task, methods=tuple(cfg.draws.methods), run_keys=draw.run_keys, draw_seed=draw.seed)
+        h = plan_hash(draw.run_keys)
+        todo = tuple(m for m in spec.methods if not all(_done(store, layout.draw_average_ref(draw.seed, h, m, k)) for k in range(1, draw.k + 1)))
+        if todo:
+            needed |= draw_inputs(store, dataclasses.replace(spec, methods=todo))
+    return needed
+
+
+def plan_hash(run_keys) -> str:
+    from jobs.spec import short_hash
+
+    return short_hash(list(run_keys), 8)
+
+
+def collect(exp: Experiment) -> tuple[list[Doomed], list[str]]:
+    """What gc would delete, and notes on what it keeps for a reason worth saying."""
+    store = exp.store
+    keys = store.list_keys()
+    by_ref: dict[str, list[str]] = {}
+    for key in keys:
+        ref, _, _name = key.rpartition("/")
+        by_ref.setdefault(ref, []).append(key)
+    notes: list[str] = []
+    doomed: list[Doomed] = []
+    needed = pending_inputs(exp)
+    if needed is None:
+        notes.append("the draws cannot be made yet (too few finished runs): every snapshot is kept")
+    complete = {k.split("/")[1] for k in keys if k.startswith("runs/") and k.endswith("/complete.json")}
+    keep: dict[str, set[str]] = {}
+    for run_key in sorted(complete):
+        sum_manifest = layout.manifest_key(layout.run_sum_ref(run_key))
+        if sum_manifest not in keys:
+            continue
+        info = json.loads(store.get_bytes(sum_manifest))
+        snaps = sorted(info["snapshots"], key=lambda s: s["step"])
+        keep[run_key] = {snaps[-1]["ref"], max(snaps, key=lambda s: s["dev_score"])["ref"]}
+    unevaluated = 0
+    for ref, ref_keys in sorted(by_ref.items()):
+        parsed = layout.parse_snapshot_ref(ref)
+        if parsed and parsed[0] in keep:
+            trainer = [k for k in ref_keys if k.endswith("/" + layout.TRAINER_STATE)]
+            if ref in keep[parsed[0]] or needed is None or ref in needed:
+                if trainer:
+                    doomed.append(Doomed(ref, "trainer-state", trainer, 0))
+                continue
+            if not _evaluated(store, ref):
+                unevaluated += 1
+                if trainer:
+                    doomed.append(Doomed(ref, "trainer-state", trainer, 0))
+                continue
+            ordered = [k for k in ref_keys if k.endswith("/" + layout.MANIFEST)] + [k for k in ref_keys if not k.endswith("/" + layout.MANIFEST)]
+            doomed.append(Doomed(ref, "snapshot", ordered, 0))
+        elif _is_average(ref) and layout.manifest_key(ref) in ref_keys and _evaluated(store, ref):
+            ordered = [layout.manifest_key(ref)] + [k for k in ref_keys if k != layout.manifest_key(ref)]
+            doomed.append(Doomed(ref, "average", ordered, 0))
+    if unevaluated:
+        notes.append(f"{unevaluated} snapshot(s) kept until evaluated (`orchestrator evaluate`)")
+    if needed:
+        notes.append(f"{len(needed)} model(s) kept as inputs of pending averages (`orchestrator average`)")
+    for d in doomed:
+        d.size = sum(store.size(k) for k in d.keys)
+    return doomed, notes
+
+
+def _is_average(ref: str) -> bool:
+    parts = ref.split("/")
+    if parts[0] == "averages" and len(parts) == 4:
+        return True
+    return len(parts) == 3 and parts[0] == "runs" and parts[2] == "ca"
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+@click.command()
+@experiment_options
+@click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
+@click.option("--yes", is_flag=True, help="Delete without asking for confirmation.")
+def gc(exp: Experiment, parallelism: int, backend: str, dry_run: bool, yes: bool) -> None:
+    """Delete stored models that no pending stage needs (shows them and their size first).
+
+    Keeps run-sums, the last and src-dev snapshot of each run, every results file, heads and
+    draws; deletes other evaluated snapshots that no pending average reads, trainer states of
+    finished runs, and evaluated averaged models."""
+    doomed, notes = collect(exp)
+    for note in notes:
+        click.echo(f"note: {note}")
+    if not doomed:
+        click.echo(f"gc: nothing to delete in {exp.uri}")
+        return
+    for d in doomed:
+        click.echo(f"  {d.what:13s} {d.ref}  ({_human(d.size)})")
+    total = sum(d.size for d in doomed)
+    counts = {}
+    for d in doomed:
+        counts[d.what] = counts.get(d.what, 0) + 1
+    summary = ", ".join(f"{n} {what}(s)" for what, n in counts.items())
+    click.echo(f"gc: {summary}: {_human(total)} ({total} bytes) in {exp.uri}")
+    if dry_run:
+        click.echo("gc: dry run, nothing deleted")
+        return
+    if not yes:
+        click.confirm("Delete them?", abort=True)
+    for d in doomed:
+        for key in d.keys:
+            exp.store.delete(key)
+    click.echo(f"gc: deleted {len(doomed)} item(s), {_human(total)}")
