@@ -47,6 +47,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         item = args[0] if args else Any
         return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(f"{where}: expected a number, got {value!r}")
         return float(value)
