@@ -229,9 +229,14 @@ def soup(exp: Experiment, parallelism: int, backend: str, runs: int, seed: int, 
     out = out or f"soup-{exp.name}-s{seed}-k{runs}"
     check_runs(exp, runs)
     _check_out(out, force)
-    b = _backend(parallelism)
+    b = make_backend(exp, parallelism, backend)
     plan_ = train_soup(exp, b, runs, seed, until_plateau, parallelism)
     finish_soup(exp, b, plan_, out, force)
+
+
+def make_backend(exp: Experiment, parallelism: int, backend: str):
+    """The stages' backend (local processes, or Kubernetes Jobs); tests replace this seam."""
+    return _backend(exp, parallelism, backend)
 
 
 def _check_out(out: str, force: bool) -> None:

@@ -70,11 +70,11 @@ def souped(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.chdir(root)  # job logs go to ./.logs
     calls: list = []
-    mp.setattr(soup_cmd, "_backend", lambda parallelism: RecordingBackend(calls, parallelism=parallelism))
+    mp.setattr(soup_cmd, "make_backend", lambda exp, parallelism, backend: RecordingBackend(calls, parallelism=parallelism))
     config = write_config(root / "soup.yaml")
     bucket = f"file://{root / 'store'}"
     out = root / "out"
-    result = invoke("soup", "--config", str(config), "--bucket", bucket, "--runs", "3", "--out", str(out))
+    result = invoke("soup", "--config", str(config), "--bucket", bucket, "--runs", "3", "--parallelism", "3", "--out", str(out))
     yield {"root": root, "config": config, "bucket": bucket, "out": out, "calls": calls, "output": result.output,
            "exit_code": result.exit_code, "mp": mp}
     mp.undo()
@@ -86,6 +86,7 @@ def soup_record(souped) -> dict:
     return json.loads(store.get_bytes(key))
 
 
+@pytest.mark.slow
 def test_soup_exports_a_loadable_model_equal_to_the_stored_average(souped):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -125,6 +126,7 @@ def test_soup_exports_a_loadable_model_equal_to_the_stored_average(souped):
     assert recipe["english_dev"] is not None and [r["k"] for r in recipe["running_average"]] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_rerun_reuses_runs_and_exports_identical_weights(souped):
     assert souped["exit_code"] == 0, souped["output"]
     before = len(souped["calls"])
