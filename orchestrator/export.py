@@ -214,7 +214,8 @@ def model_card(r: dict, architecture: str, soup: dict | None = None) -> str:
     k = r["k"] or len(r["runs"])
     auto_class = f"AutoModelFor{architecture.split('For', 1)[1]}" if "For" in architecture else "AutoModel"
     lines = front + [
-        f"# {r['task']}: {method} of {len(r['snapshots'])} snapshots from {len(r['runs'])} run(s) of {base}",
+        f"# {r['task']}: {method} of {len(r['snapshots'])} snapshots from {len(r['runs'])} run(s) of {base}"
+        if r["kind"] != "snapshot" else f"# {r['task']}: snapshot {r['ref']} of {base}",
         "",
         f"{METHOD_LABELS.get(method, method)}. Fine-tuned on English only and meant for zero-shot "
         f"cross-lingual transfer; averaging the snapshots of runs with different hyperparameters replaces "
