@@ -33,17 +33,7 @@ FROM ${PYTHON_IMAGE}
 # images/wheelhouse/ (TORCH_INDEX_URL empty: from the wheelhouse only, no network).
 ARG TORCH_SPEC="torch==2.13.0+cpu"
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-ARG SOURCE=unknown
 ARG UID=10001
-
-LABEL org.opencontainers.image.title="xlt-average" \
-      org.opencontainers.image.description="Snapshot averaging job of xlt-averaging (CPU): python -m jobs average" \
-      org.opencontainers.image.source="${SOURCE}" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="MIT"
 
 # /opt/venv keeps the job's packages apart from the base's Python (Debian's is externally managed).
 ENV PATH=/opt/venv/bin:${PATH} \
@@ -63,27 +53,41 @@ RUN --mount=type=bind,source=images/wheelhouse,target=/wheelhouse \
     if [ -n "${TORCH_INDEX_URL}" ]; then set -- --index-url "${TORCH_INDEX_URL}"; else set -- --no-index; fi; \
     pip install --no-cache-dir --no-deps --find-links /wheelhouse "$@" "${TORCH_SPEC}"
 
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    --mount=type=bind,source=images,target=/images \
-    --mount=type=bind,source=constraints.txt,target=/constraints.txt \
-    --mount=type=secret,id=pip_ca \
-    sh /images/scripts/install-deps.sh /wheels /constraints.txt /images/average.requirements.txt
+# COPY, not a bind mount: every builder then rebuilds these layers when the lock changes.
+COPY constraints.txt images/average.requirements.txt images/scripts/install-deps.sh images/scripts/check_pins.py /opt/xlt/
+RUN --mount=type=secret,id=pip_ca \
+    sh /opt/xlt/install-deps.sh requirements /opt/xlt/constraints.txt /opt/xlt/average.requirements.txt
+
+# the project itself in its own small layer: a code change rebuilds only this
+COPY --from=wheel /wheels/ /opt/xlt/wheels/
+RUN sh /opt/xlt/install-deps.sh project /opt/xlt/wheels /opt/xlt/constraints.txt --strict
 
 # The only writable paths: /scratch (TMPDIR, downloaded inputs, outputs before upload) and the
 # Hugging Face cache (unused by averaging; kept for the same layout in every image).
 RUN groupadd --gid "${UID}" xlt \
     && useradd --uid "${UID}" --gid "${UID}" --home-dir /scratch --no-create-home --shell /usr/sbin/nologin xlt \
-    && install -d -m 0775 -o "${UID}" -g "${UID}" /scratch /cache/hf
+    && install -d -m 0775 -o "${UID}" -g "${UID}" /scratch /hf-cache
 ENV HOME=/scratch \
     TMPDIR=/scratch \
     XDG_CACHE_HOME=/scratch/.cache \
-    HF_HOME=/cache/hf \
+    HF_HOME=/hf-cache \
     HF_HUB_OFFLINE=1 \
     HF_DATASETS_OFFLINE=1 \
     XLT_PROGRESS=0
-VOLUME ["/scratch", "/cache/hf"]
+VOLUME ["/scratch", "/hf-cache"]
 WORKDIR /scratch
 USER ${UID}:${UID}
+
+# Labels last: a new commit (REVISION) must not invalidate the install layers above.
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.title="xlt-average" \
+      org.opencontainers.image.description="Snapshot averaging job of xlt-averaging (CPU): python -m jobs average" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="MIT"
 
 ENTRYPOINT ["python", "-m", "jobs"]
 CMD ["average"]

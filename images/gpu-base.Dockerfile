@@ -28,17 +28,7 @@ RUN --mount=type=secret,id=pip_ca \
 # ---- stage 2: the shared GPU layers ----
 FROM ${PYTORCH_IMAGE}
 
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-ARG SOURCE=unknown
 ARG UID=10001
-
-LABEL org.opencontainers.image.title="xlt-gpu-base" \
-      org.opencontainers.image.description="Shared layers of the xlt-averaging train and evaluate images" \
-      org.opencontainers.image.source="${SOURCE}" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="MIT"
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -47,11 +37,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 # Into the base's own Python, next to its CUDA torch: install-deps.sh drops torch (and its CUDA
 # wheels) from the pins and fails if pip would replace the base's torch.
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    --mount=type=bind,source=images,target=/images \
-    --mount=type=bind,source=constraints.txt,target=/constraints.txt \
-    --mount=type=secret,id=pip_ca \
-    sh /images/scripts/install-deps.sh /wheels /constraints.txt
+# COPY, not a bind mount: every builder then rebuilds these layers when the lock changes.
+COPY constraints.txt pyproject.toml images/scripts/install-deps.sh images/scripts/check_pins.py /opt/xlt/
+RUN --mount=type=secret,id=pip_ca \
+    sh /opt/xlt/install-deps.sh requirements /opt/xlt/constraints.txt /opt/xlt/pyproject.toml
+
+# the project itself in its own small layer: a code change rebuilds only this
+COPY --from=wheel /wheels/ /opt/xlt/wheels/
+RUN sh /opt/xlt/install-deps.sh project /opt/xlt/wheels /opt/xlt/constraints.txt
 
 # The one-off job that fills the Hugging Face cache volume (images/README.md).
 COPY images/scripts/fill_hf_cache.py /opt/xlt/fill_hf_cache.py
@@ -60,16 +53,27 @@ COPY images/scripts/fill_hf_cache.py /opt/xlt/fill_hf_cache.py
 # Face cache volume (models and datasets, filled once; see images/README.md).
 RUN groupadd --gid "${UID}" xlt \
     && useradd --uid "${UID}" --gid "${UID}" --home-dir /scratch --no-create-home --shell /usr/sbin/nologin xlt \
-    && install -d -m 0775 -o "${UID}" -g "${UID}" /scratch /cache/hf
+    && install -d -m 0775 -o "${UID}" -g "${UID}" /scratch /hf-cache
 ENV HOME=/scratch \
     TMPDIR=/scratch \
     XDG_CACHE_HOME=/scratch/.cache \
-    HF_HOME=/cache/hf \
+    HF_HOME=/hf-cache \
     HF_HUB_OFFLINE=1 \
     HF_DATASETS_OFFLINE=1 \
     XLT_PROGRESS=0
-VOLUME ["/scratch", "/cache/hf"]
+VOLUME ["/scratch", "/hf-cache"]
 WORKDIR /scratch
 USER ${UID}:${UID}
+
+# Labels last: a new commit (REVISION) must not invalidate the install layers above.
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.title="xlt-gpu-base" \
+      org.opencontainers.image.description="Shared layers of the xlt-averaging train and evaluate images" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="MIT"
 
 ENTRYPOINT ["python", "-m", "jobs"]

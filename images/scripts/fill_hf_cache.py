@@ -2,7 +2,7 @@
 
 Run it where the Hub is reachable, with HF_HOME on the cache volume that the jobs mount:
 
-    HF_HOME=/cache/hf HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 python /opt/xlt/fill_hf_cache.py
+    HF_HOME=/hf-cache HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 python /opt/xlt/fill_hf_cache.py
     python fill_hf_cache.py --plan            # list what it would fetch, fetch nothing
     python fill_hf_cache.py --models xlm-roberta-base --datasets xnli wikiann
 

@@ -1,17 +1,16 @@
 #!/bin/sh
-# Installs the project wheel and its pinned dependencies into the image's Python; shared by every image.
+# Installs pinned dependencies, then the project wheel, into the image's Python; shared by every image.
 #
-#   install-deps.sh WHEEL_DIR CONSTRAINTS [REQUIREMENTS_FILE]
+#   install-deps.sh requirements CONSTRAINTS pyproject.toml|REQUIREMENTS_FILE
+#   install-deps.sh project WHEEL_DIR CONSTRAINTS [--strict]
 #
-# Without REQUIREMENTS_FILE (the GPU images) the project wheel is installed with all its
-# dependencies. With one (the slim averaging image) only those requirements are installed, and the
-# project wheel with --no-deps. Every version comes from CONSTRAINTS (constraints.txt) except
-# torch, which must already be installed (the PyTorch base image, or the TORCH_SPEC step of the
-# averaging image) and is checked to be left untouched. Ends with check_pins.py.
+# "requirements" installs the project's runtime dependencies (pyproject.toml: the GPU images) or
+# a subset (a requirements file: the slim averaging image), every version from CONSTRAINTS
+# (constraints.txt) except torch, which must already be installed (the PyTorch base image, or
+# the TORCH_SPEC step of the averaging image) and is checked to be left untouched. "project"
+# installs the project wheel with --no-deps (its own layer: a code change rebuilds only that)
+# and checks every installed version against CONSTRAINTS (check_pins.py).
 set -eu
-wheel_dir=$1
-constraints=$2
-requirements=${3:-}
 here=$(dirname "$0")
 
 # pip trusts the CA bundle given as the build secret pip_ca (a proxy that re-signs TLS), if any.
@@ -19,24 +18,38 @@ if [ -s /run/secrets/pip_ca ]; then
     export PIP_CERT=/run/secrets/pip_ca
 fi
 
-# torch and its CUDA runtime wheels come from the base, never from the lock: drop their pins.
-grep -v -i -E '^(torch|triton|nvidia-[a-z0-9-]+)==' "$constraints" > /tmp/pins.txt
+torch_version() {
+    python3 -c 'import importlib.metadata as m; print(m.version("torch"))'
+}
 
-torch_before=$(python3 -c 'import importlib.metadata as m; print(m.version("torch"))')
-
-if [ -n "$requirements" ]; then
-    pip install --no-cache-dir -c /tmp/pins.txt -r "$requirements"
-    pip install --no-cache-dir --no-deps "$wheel_dir"/*.whl
-    strict=--strict
-else
-    pip install --no-cache-dir -c /tmp/pins.txt "$wheel_dir"/*.whl
-    strict=
-fi
-
-torch_after=$(python3 -c 'import importlib.metadata as m; print(m.version("torch"))')
-if [ "$torch_before" != "$torch_after" ]; then
-    echo "install-deps.sh: torch changed from $torch_before to $torch_after; the base's torch must be kept" >&2
-    exit 1
-fi
-python3 "$here/check_pins.py" "$constraints" $strict
-rm -f /tmp/pins.txt
+case "$1" in
+requirements)
+    constraints=$2
+    requirements=$3
+    # torch and its CUDA runtime wheels come from the base, never from the lock: drop their pins.
+    grep -v -i -E '^(torch|triton|nvidia-[a-z0-9-]+)==' "$constraints" > /tmp/pins.txt
+    case "$requirements" in
+    *.toml)
+        python3 -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
+            "$requirements" > /tmp/requirements.txt ;;
+    *)
+        cp "$requirements" /tmp/requirements.txt ;;
+    esac
+    before=$(torch_version)
+    pip install --no-cache-dir -c /tmp/pins.txt -r /tmp/requirements.txt
+    after=$(torch_version)
+    rm -f /tmp/pins.txt /tmp/requirements.txt
+    if [ "$before" != "$after" ]; then
+        echo "install-deps.sh: torch changed from $before to $after; the base's torch must be kept" >&2
+        exit 1
+    fi
+    ;;
+project)
+    pip install --no-cache-dir --no-deps "$2"/*.whl
+    python3 "$here/check_pins.py" "$3" ${4:-}
+    ;;
+*)
+    echo "usage: install-deps.sh requirements CONSTRAINTS FILE | project WHEEL_DIR CONSTRAINTS [--strict]" >&2
+    exit 2
+    ;;
+esac

@@ -115,7 +115,7 @@ def test_job_image_conventions(dockerfile: Path):
     if stage in STAGES:
         assert f'CMD ["{STAGES[stage]}"]' in text
     if stage in ("gpu-base", "average"):
-        assert "TMPDIR=/scratch" in text and "HF_HOME=/cache/hf" in text and 'VOLUME ["/scratch", "/cache/hf"]' in text
+        assert "TMPDIR=/scratch" in text and "HF_HOME=/hf-cache" in text and 'VOLUME ["/scratch", "/hf-cache"]' in text
 
 
 def test_build_context_lets_in_what_the_dockerfiles_use():
