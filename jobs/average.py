@@ -415,6 +415,18 @@ def stream_average(
     """Compute outputs in one tensor-major pass over the mapped inputs; write each to its path.
 
     Returns {output ref: (sha256, size)} for the outputs written."""
+    threads = torch.get_num_threads()
+    # one compute thread: the adds are memory-bound, and OpenMP threads slow down badly when the
+    # cores are shared (2 threads: 8x slower than 1 on a loaded 2-core node); the writer threads
+    # hash and write on the other cores
+    torch.set_num_threads(1)
+    try:
+        return _stream(files, infos, outputs, out_paths, out_dtype, write_refs, chunk_elements)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _stream(files, infos, outputs, out_paths, out_dtype, write_refs, chunk_elements) -> dict[str, tuple[str, int]]:
     write_refs = set(o.ref for o in outputs) if write_refs is None else write_refs
     chains = _chains(outputs, write_refs)
     written = [s.output for c in chains for s in c.steps if s.write]
@@ -592,6 +604,8 @@ def _run_average(spec: AverageSpec, scratch: Path, store: ObjectStore) -> list[s
         if draw is not None and not store.exists(layout.draw_key(spec.draw_seed, draw["hash"])):
             write_draw_record()
         return []
+    pending_methods = {o.method for o in outputs if o.ref in todo}  # whole chains: prefix sums need them
+    outputs = [o for o in outputs if o.method in pending_methods]
     committed = execute(store, outputs, scratch, spec.output_dtype, write_refs=todo, manifests=manifests, cache=cache, before_commit=write_draw_record)
     log.info("committed %d averaged models", len(committed))
     return [m["ref"] for m in committed]
