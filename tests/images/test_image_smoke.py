@@ -135,29 +135,35 @@ def test_image_metadata(built_image):
     assert "TMPDIR=/scratch" in config["Env"] and "HF_HOME=/hf-cache" in config["Env"]
 
 
-def run_job(image: str, store: Path, spec: dict) -> subprocess.CompletedProcess:
-    """The job as a Kubernetes pod runs it: read-only root, /scratch writable, no network, spec in JOB_SPEC."""
+def run_job(image: str, store: Path, scratch: Path, spec: dict) -> subprocess.CompletedProcess:
+    """The job as a Kubernetes pod runs it: read-only root, only /scratch writable, no network, spec in JOB_SPEC.
+
+    podman's --read-only would still mount a writable /tmp; --read-only-tmpfs=false removes it, so a
+    job that ignored TMPDIR=/scratch fails here.
+    """
+    no_tmp = ["--read-only-tmpfs=false"] if is_podman() else []
     return sh(
-        container(), "run", "--rm", *run_flags(), "--network", "none", "--read-only",
-        "--tmpfs", "/scratch:rw,mode=1777", "-v", f"{store}:/store", "-e", f"JOB_SPEC={json.dumps(spec)}", image,
+        container(), "run", "--rm", *run_flags(), "--network", "none", "--read-only", *no_tmp,
+        "-v", f"{scratch}:/scratch", "-v", f"{store}:/store", "-e", f"JOB_SPEC={json.dumps(spec)}", image,
     )
 
 
 def test_the_image_averages_a_tiny_store(built_image, tmp_path):
     built_image, _ = built_image
-    store = tmp_path / "store"
+    store, scratch = tmp_path / "store", tmp_path / "scratch"
     store.mkdir()
+    scratch.mkdir()
     made = make_tiny_store(store)
-    for path in [store, *store.rglob("*")]:
+    for path in [scratch, store, *store.rglob("*")]:
         path.chmod(0o777 if path.is_dir() else 0o666)  # the job runs as UID 10001
     spec = {"experiment_uri": "file:///store", "task": "nli", "methods": ["ca"], "run_keys": list(made)}
     started = time.monotonic()
-    result = run_job(built_image, store, spec)
+    result = run_job(built_image, store, scratch, spec)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     print(f"image-smoke: averaged {len(made)} runs in the container in {time.monotonic() - started:.1f} s", file=sys.stderr)
     check_run_averages(store, made)
     assert list((store / "logs").glob("*.log")), "the job's log was not copied into the store"
 
     missing = dict(spec, run_keys=["0123456789abcdef"])
-    result = run_job(built_image, store, missing)
+    result = run_job(built_image, store, scratch, missing)
     assert result.returncode == 3, f"a missing run is permanent (exit 3), got {result.returncode}: {result.stderr[-2000:]}"
