@@ -21,14 +21,14 @@ import os
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Mapping
-
-import torch
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from jobs import layout
 from jobs.errors import PermanentError
 from jobs.store import NotFound, ObjectStore
+
+if TYPE_CHECKING:  # torch is imported where tensors are saved: the orchestrator CLI starts without it
+    import torch
 
 
 class SnapshotError(PermanentError):
@@ -52,7 +52,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
     return h.hexdigest()
 
 
-def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
+def save_state_dict(state: Mapping[str, "torch.Tensor"], path: str | os.PathLike, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     save_file(tensors, str(path), metadata={k: str(v) for k, v in (metadata or {}).items()})
 
