@@ -259,6 +259,7 @@ def main() -> None:
     ap.add_argument("--mergekit", default="/tmp/mergekit-venv", help="venv with mergekit 0.1.5 ('' to skip)")
     ap.add_argument("--skip-s3", action="store_true")
     ap.add_argument("--prepare-only", action="store_true")
+    ap.add_argument("--s3-only", action="store_true", help="only the S3 part; merges into --out")
     ap.add_argument("--out", default=str(REPO / "bench" / "average" / "results.json"))
     args = ap.parse_args()
     cache = Path(args.cache)
@@ -266,6 +267,13 @@ def main() -> None:
     env = dict(os.environ, XLT_VERIFIED_DIR=str(cache / "verified"), XLT_PROGRESS="0", PYTHONPATH=str(REPO))
     refs = prepare(cache)
     if args.prepare_only:
+        return
+    if args.s3_only:
+        files = [str(cache / "store" / "exp" / r / "model.safetensors") for r in refs]
+        old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+        old.update(bench_s3(cache, refs, files, env))
+        Path(args.out).write_text(json.dumps(old, indent=1))
+        print(json.dumps(old, indent=1))
         return
     store_dir = cache / "store" / "exp"
     files = [str(store_dir / r / "model.safetensors") for r in refs]
@@ -311,6 +319,7 @@ def main() -> None:
         results["mergekit"]["base_anon"] = int(base.stdout.strip().splitlines()[-1])
         print("mergekit", results["mergekit"], flush=True)
         shutil.rmtree(out_dir, ignore_errors=True)
+    Path(args.out).write_text(json.dumps(results, indent=1))
     if not args.skip_s3:
         results.update(bench_s3(cache, refs, files, env))
     results["loadavg_end"] = os.getloadavg()
@@ -336,7 +345,14 @@ def bench_s3(cache: Path, refs: list[str], files: list[str], env: dict) -> dict:
             def up(ref):
                 store.put_file(ref + '/model.safetensors', src + '/' + ref + '/model.safetensors')
                 store.put_bytes(ref + '/manifest.json', open(src + '/' + ref + '/manifest.json', 'rb').read())
-            list(ThreadPoolExecutor(4).map(up, {refs!r}))
+            for ref in {refs!r}:  # one at a time: weed mini drops connections under 4 concurrent 1 GB uploads
+                for attempt in range(3):
+                    try:
+                        up(ref)
+                        break
+                    except Exception:
+                        if attempt == 2:
+                            raise
             """
         )
         t = time.perf_counter()
