@@ -267,6 +267,17 @@ def resolve_data(data: DataSettings, root: Optional[str]) -> DataSettings:
     return dataclasses.replace(data, train=ref(data.train), dev=ref(data.dev), targets=targets, root=root)
 
 
+def check_micro_batch(cfg: "ExperimentConfig") -> None:
+    """Gradient accumulation: micro_batch_size must divide every batch size (grid and head)."""
+    micro = cfg.micro_batch_size
+    if micro is None:
+        return
+    sizes = sorted({*cfg.grid.batch_sizes, cfg.head.batch_size})
+    bad = [b for b in sizes if micro < 1 or b % micro]
+    if bad:
+        raise SpecError(f"micro_batch_size: {micro} must divide every batch size, not {bad}")
+
+
 def check_data(task: str, data: DataSettings) -> None:
     """Every dataset is registered for the task, every language known (one-line SpecError)."""
     sets = [("data.train", data.train.dataset, (data.train.language,)), ("data.dev", data.dev.dataset, (data.dev.language,))]
@@ -315,6 +326,7 @@ def load_config(
     try:
         cfg = from_mapping(ExperimentConfig, data, "")
         check_data(cfg.task, cfg.data)
+        check_micro_batch(cfg)
         cfg = select_targets(cfg, tuple(targets))
     except SpecError as e:
         raise SpecError(f"{where}: {e}") from None
