@@ -24,6 +24,13 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _drop_none(value: Any) -> Any:
+    """Unset optional fields leave the key unchanged, so adding one later keeps old run keys."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
 def short_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
@@ -200,7 +207,7 @@ class TrainSpec:
 
     @property
     def run_key(self) -> str:
-        fields = {name: to_dict(getattr(self, name)) for name in self.KEY_FIELDS}
+        fields = {name: _drop_none(to_dict(getattr(self, name))) for name in self.KEY_FIELDS}
         fields["head_sha256"] = self.head.sha256 if self.head else None
         return short_hash(fields)
 

@@ -74,3 +74,8 @@ def test_invalid_json_is_one_line():
         spec_from_json("train", "{")
     with pytest.raises(SpecError, match="unknown job kind"):
         spec_from_dict("fly", {})
+
+
+def test_unset_optional_data_fields_do_not_change_the_key():
+    explicit = dict(BASE, train_data=dict(BASE["train_data"], path=None, format=None, limit=None))
+    assert spec_from_dict("train", explicit).run_key == spec_from_dict("train", BASE).run_key
