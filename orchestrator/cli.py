@@ -12,6 +12,7 @@ import click
 from jobs.errors import JobError
 
 from orchestrator.commands.cluster import cancel, logs, render
+from orchestrator.commands.gc import gc
 from orchestrator.commands.soup import export, soup
 from orchestrator.commands.stages import average, evaluate, pipeline, sweep
 from orchestrator.commands.status import status
@@ -39,7 +40,7 @@ def main(ctx, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for command in (sweep, evaluate, average, status, tables, pipeline, soup, export, render, logs, cancel):
+for command in (sweep, evaluate, average, status, tables, pipeline, soup, export, render, logs, cancel, gc):
     main.add_command(command)
 
 
