@@ -11,11 +11,11 @@ DEMO_BUCKET ?= file://.demo/store
 
 install: $(BIN)/orchestrator
 
-$(BIN)/orchestrator: pyproject.toml
+$(BIN)/orchestrator: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test]' -c constraints.txt  # every transitive version pinned
 	@touch $@
 
 demo: install
