@@ -68,7 +68,7 @@ def test_the_average_job_runs_with_only_the_averaging_image_packages(tiny_store,
     """
     from packaging.requirements import Requirement
 
-    from conftest import check_run_averages
+    from tests.images.conftest import check_run_averages
 
     root, made = tiny_store
     lines = [l.split("#")[0].strip() for l in (IMAGES / "average.requirements.txt").read_text().splitlines()]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import check_run_averages, make_tiny_store
+from tests.images.conftest import check_run_averages, make_tiny_store
 
 pytestmark = [
     pytest.mark.images,

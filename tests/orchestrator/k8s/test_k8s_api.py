@@ -17,7 +17,7 @@ from orchestrator.backends.k8s import K8sBackend
 from orchestrator.cli import main
 from orchestrator.k8s_render import load_cluster_settings
 
-from conftest import NAMESPACE, REPO, FakeController, status
+from tests.orchestrator.k8s.conftest import NAMESPACE, REPO, FakeController, status
 
 CONFIG = str(REPO / "configs" / "tiny-nli.yaml")  # head + 2 lr x 2 bs x 1 seed = 4 grid runs
 
@@ -63,7 +63,7 @@ def test_existing_job_is_reused_not_created_twice(clean_jobs, kubeconfig, bucket
     (job,) = list(yaml.safe_load_all(render.output))
     batch = client.BatchV1Api(emu.api())
     batch.create_namespaced_job(NAMESPACE, job)
-    from conftest import apply_effect
+    from tests.orchestrator.k8s.conftest import apply_effect
 
     apply_effect(job)
     batch.patch_namespaced_job_status(job["metadata"]["name"], NAMESPACE, {"status": status("Complete")})
