@@ -26,6 +26,15 @@ class Task(Protocol):
         """The primary metric."""
 
 
+def label_kwargs(labels: Sequence[str]) -> dict:
+    """`from_pretrained`/`from_config` arguments that give a classifier the task's label names."""
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+
+
 def pad_batch(features: Sequence[dict], pad_id: int, label_pad: int = -100) -> dict[str, torch.Tensor]:
     """Dynamic padding to the longest sequence of the batch."""
     width = max(len(f["input_ids"]) for f in features)

@@ -7,7 +7,7 @@ from typing import Sequence
 from jobs.data.loading import load_examples
 from jobs.data.registry import NER_LABELS as LABELS
 from jobs.spec import DatasetRef
-from jobs.tasks.base import predict
+from jobs.tasks.base import label_kwargs, predict
 from jobs.tasks.metrics import entity_f1
 
 IGNORE = -100  # label of special tokens and of every sub-token after a word's first
@@ -26,11 +26,7 @@ class NERTask:
         return AutoModelForTokenClassification
 
     def model_kwargs(self) -> dict:
-        return {
-            "num_labels": len(LABELS),
-            "id2label": dict(enumerate(LABELS)),
-            "label2id": {label: i for i, label in enumerate(LABELS)},
-        }
+        return label_kwargs(LABELS)
 
     def load(self, ref: DatasetRef) -> list[dict]:
         return load_examples(self.name, ref)

@@ -9,7 +9,7 @@ from jobs.data.loading import load_examples
 from jobs.data.local import read_local
 from jobs.data.registry import NLI_LABELS as LABELS
 from jobs.spec import DatasetRef
-from jobs.tasks.base import predict
+from jobs.tasks.base import label_kwargs, predict
 from jobs.tasks.metrics import accuracy
 
 
@@ -26,11 +26,7 @@ class NLITask:
         return AutoModelForSequenceClassification
 
     def model_kwargs(self) -> dict:
-        return {
-            "num_labels": len(LABELS),
-            "id2label": dict(enumerate(LABELS)),
-            "label2id": {label: i for i, label in enumerate(LABELS)},
-        }
+        return label_kwargs(LABELS)
 
     def load(self, ref: DatasetRef) -> list[dict]:
         return load_examples(self.name, ref)
