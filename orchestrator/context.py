@@ -31,7 +31,7 @@ def cluster_options(fn):
     """--cluster-config --namespace --image-prefix --image-tag --queue --retry-failed --kube-context (--backend k8s)."""
     for option in reversed((
         click.option("--cluster-config", envvar="ORCHESTRATOR_CLUSTER_CONFIG", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="YAML with a `cluster:` section (k8s/cluster.example.yaml) for --backend k8s."),
+                     help="YAML with a `cluster:` section (k8s/base/cluster.yaml) for --backend k8s."),
         click.option("--namespace", envvar="ORCHESTRATOR_NAMESPACE", default=None, help="Kubernetes namespace of the Jobs. [default: xlt]"),
         click.option("--image-prefix", envvar="ORCHESTRATOR_IMAGE_PREFIX", default=None, help="Registry/org of the images PREFIX/xlt-{train,evaluate,average}."),
         click.option("--image-tag", envvar="ORCHESTRATOR_IMAGE_TAG", default=None, help="Tag of the images. [default: the package version]"),

@@ -2,7 +2,7 @@
 
 Pure functions over plain dicts: nothing here talks to a cluster or imports the kubernetes
 client (only orchestrator.backends.k8s does). `orchestrator render STAGE` prints what this makes;
-the cluster settings come from a YAML file (see k8s/cluster.example.yaml and docs/kubernetes.md).
+the cluster settings come from a YAML file (see k8s/base/cluster.yaml and docs/kubernetes.md).
 """
 from __future__ import annotations
 
