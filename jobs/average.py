@@ -546,8 +546,8 @@ def execute(
             by_ref = {o.ref: o for o in outputs}
             for ref, (sha, _size) in hashes.items():
                 o = by_ref[ref]
-                committed.append(commit_model(store, ref, out_paths[ref], dict(o.manifest, dtype=out_dtype), sha256=sha))
-                out_paths[ref].unlink()
+                committed.append(commit_model(store, ref, out_paths[ref], dict(o.manifest, dtype=out_dtype), sha256=sha, move=True))
+                out_paths[ref].unlink(missing_ok=True)
         return committed
     finally:
         if commit:

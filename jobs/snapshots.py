@@ -66,13 +66,15 @@ def commit_model(
     manifest: dict,
     extra_files: Mapping[str, str] = {},
     sha256: str | None = None,
+    move: bool = False,
 ) -> dict:
     """Upload `weights_path` (and extra files) under `ref`, then the manifest: the commit point.
 
-    `sha256` may be given when the writer hashed the file while writing it (no second pass)."""
+    `sha256` may be given when the writer hashed the file while writing it (no second pass);
+    `move` lets a local store rename the file in instead of copying it."""
     sha = sha256 or sha256_file(weights_path)
     size = os.path.getsize(weights_path)
-    store.put_file(layout.weights_key(ref), weights_path)
+    store.put_file(layout.weights_key(ref), weights_path, move=move)
     extra = {}
     for name, path in extra_files.items():
         store.put_file(f"{ref}/{name}", path)

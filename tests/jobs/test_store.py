@@ -74,3 +74,15 @@ def test_s3_unreachable_endpoint(monkeypatch):
 def test_bad_uris(uri, message):
     with pytest.raises(StoreConfigError, match=message):
         open_store(uri)
+
+
+def test_local_put_file_move_renames_in(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    src = tmp_path / "out.bin"
+    src.write_bytes(b"weights")
+    store.put_file("a/model.safetensors", src, move=True)
+    assert store.get_bytes("a/model.safetensors") == b"weights"
+    assert not src.exists()  # renamed, not copied
+    src.write_bytes(b"again")
+    store.put_file("b/model.safetensors", src)  # the default keeps the source
+    assert src.exists() and store.get_bytes("b/model.safetensors") == b"again"
