@@ -2,7 +2,7 @@
 
 Run it (opt-in, not part of pytest; needs ~25 GB free on the cache's disk):
 
-    .venv/bin/python bench/average/bench_average.py --cache /work/.bench-average [--mergekit /tmp/mergekit-venv]
+    .venv/bin/python bench/average/bench_average.py --cache /tmp/bench-average [--mergekit /tmp/mergekit-venv]
 
 It writes the snapshots once into --cache (random weights from XLMRobertaConfig of base size,
 a LocalStore with manifests), then times, each in its own subprocess with its anonymous memory
