@@ -42,6 +42,7 @@ from jobs.store import ObjectStore, open_store
 from jobs.tensorio import DTYPE_BY_NAME, HeaderError, MappedFile, StreamingWriter, TensorInfo
 
 CHUNK_ELEMENTS = 1 << 20  # 4 MB of float32: the running sum stays in L2/L3 while the inputs stream by
+PREFETCH_CHUNKS = 8  # read-ahead requests cover 8 chunks (32 MB per input) at a time
 WRITE_BUFFERS = 6  # output chunks queued for the writer threads (bounds memory, keeps disks busy)
 OUTPUT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {"fp32": "F32", "bf16": "BF16", "fp16": "F16"}
@@ -403,6 +404,35 @@ class _BufferPool:
             self._free.put(base)
 
 
+def _prefetch_plan(infos: dict[str, TensorInfo], chunk: int) -> dict[tuple[str, int], list[tuple[str, int, int]]]:
+    """Chunk position -> read-ahead requests (tensor, start, stop) to make when the pass gets there.
+
+    The chunks are grouped in windows of PREFETCH_CHUNKS; at the first chunk of a window the pass
+    asks for the whole next window (the very first chunk also for its own). One big request per
+    window rather than one per chunk: on page-cached inputs every request is pure overhead (the
+    kernel walks the cached pages), on cold inputs a window ahead keeps the disk as busy."""
+    positions = [(n, start) for n in sorted(infos) if infos[n].is_float for start in range(0, infos[n].numel, chunk)]
+
+    def requests(window: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
+        merged: list[tuple[str, int, int]] = []
+        for name, start in window:  # consecutive chunks of one tensor become one range
+            stop = min(infos[name].numel, start + chunk)
+            if merged and merged[-1][0] == name and merged[-1][2] == start:
+                merged[-1] = (name, merged[-1][1], stop)
+            else:
+                merged.append((name, start, stop))
+        return merged
+
+    plan = {}
+    for i in range(0, len(positions), PREFETCH_CHUNKS):
+        ahead = requests(positions[i + PREFETCH_CHUNKS : i + 2 * PREFETCH_CHUNKS])
+        if i == 0:
+            ahead = requests(positions[:PREFETCH_CHUNKS]) + ahead
+        if ahead:
+            plan[positions[i]] = ahead
+    return plan
+
+
 def stream_average(
     files: dict[str, MappedFile],
     infos: dict[str, TensorInfo],
@@ -443,8 +473,7 @@ def _stream(files, infos, outputs, out_paths, out_dtype, write_refs, chunk_eleme
             writers[o.ref] = StreamingWriter(out_paths[o.ref], out_infos, {"method": o.method}, slots, pool.release)
         used = sorted({r for c in chains for s in c.steps for r, _ in s.ops})
         first = next(iter(files))
-        positions = [(name, start) for name in sorted(infos) if infos[name].is_float for start in range(0, infos[name].numel, chunk)]
-        next_position = {p: positions[i + 1] for i, p in enumerate(positions[:-1])}
+        read_ahead = _prefetch_plan(infos, chunk)
         for name in progress(sorted(infos), desc="average", unit="tensor"):
             info = infos[name]
             if not info.is_float or info.numel == 0:
@@ -454,19 +483,20 @@ def _stream(files, infos, outputs, out_paths, out_dtype, write_refs, chunk_eleme
                 continue
             for start in range(0, info.numel, chunk):
                 stop = min(info.numel, start + chunk)
-                ahead = next_position.get((name, start))
-                if ahead is not None:  # cold files: let the kernel read the next chunk meanwhile
-                    a_info = infos[ahead[0]]
+                for ahead in read_ahead.get((name, start), ()):  # cold files: the kernel reads the next window meanwhile
                     for ref in used:
-                        files[ref].prefetch(ahead[0], ahead[1], min(a_info.numel, ahead[1] + chunk))
+                        files[ref].prefetch(*ahead)
                 for c in chains:
                     acc = accumulators[c.dtype][: stop - start]
                     for step in c.steps:
-                        if step.reset:
-                            acc.zero_()
-                        for ref, weight in step.ops:
+                        for i, (ref, weight) in enumerate(step.ops):
                             x = files[ref].flat(name, start, stop)
-                            if weight == 1.0:
+                            if step.reset and i == 0:  # the first term starts the sum: no zeroing pass
+                                if weight == 1.0:
+                                    acc.copy_(x)
+                                else:
+                                    torch.mul(x, weight, out=acc)
+                            elif weight == 1.0:
                                 acc.add_(x)
                             else:
                                 acc.add_(x, alpha=weight)

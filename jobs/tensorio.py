@@ -189,6 +189,12 @@ class StreamingWriter:
         raw += b" " * (-len(raw) % 8)
         self._sha = hashlib.sha256()
         self._file = open(path, "wb")
+        # reserve the whole file up front: ext4 then allocates its blocks once instead of on
+        # every write, which made writing 1 GB take 0.4-2.5 s here instead of a steady 0.35 s
+        try:
+            os.posix_fallocate(self._file.fileno(), 0, 8 + len(raw) + offset)
+        except OSError:  # a filesystem without fallocate: plain writes still work
+            pass
         self._size = 0
         self._emit(struct.pack("<Q", len(raw)) + raw)
         self._next = 0

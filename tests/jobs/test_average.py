@@ -118,8 +118,14 @@ def test_chunked_pass_matches_for_any_chunk_size(draw_store, tmp_path):
     refs = list(states)[:4]
     cache = WeightsCache(store)
     files = {r: MappedFile(cache.path(r)) for r in refs}
-    outputs = [Output("a", "m", [(r, 1.0) for r in refs[:2]], 2.0), Output("b", "m", [(r, 1.0) for r in refs[1:]], 3.0)]
-    expected = {"a": naive_mean([states[r] for r in refs[:2]]), "b": naive_mean([states[r] for r in refs[1:]])}
+    outputs = [
+        Output("a", "m", [(r, 1.0) for r in refs[:2]], 2.0),
+        Output("b", "m", [(r, 1.0) for r in refs[1:]], 3.0),
+        # weighted terms (the first one starts the sum scaled, not added to zeros)
+        Output("c", "w", [(refs[3], 0.5), (refs[0], 2.0)], 1.0),
+    ]
+    weighted = {n: 0.5 * v.double() + 2.0 * states[refs[0]][n].double() if v.is_floating_point() else v for n, v in states[refs[3]].items()}
+    expected = {"a": naive_mean([states[r] for r in refs[:2]]), "b": naive_mean([states[r] for r in refs[1:]]), "c": weighted}
     for chunk in (1, 7, 1 << 20):
         paths = {o.ref: tmp_path / f"{o.ref}-{chunk}.safetensors" for o in outputs}
         stream_average(files, files[refs[0]].infos, outputs, paths, chunk_elements=chunk)
@@ -127,3 +133,30 @@ def test_chunked_pass_matches_for_any_chunk_size(draw_store, tmp_path):
 
         for o in outputs:
             assert max_abs_diff(load_file(str(paths[o.ref])), expected[o.ref]) < 1e-6, chunk
+
+
+def test_read_ahead_asks_for_every_chunk_once_and_before_the_pass_reaches_it():
+    from jobs.average import PREFETCH_CHUNKS, _prefetch_plan
+    from jobs.tensorio import TensorInfo
+
+    infos = {
+        "a.big": TensorInfo("F32", (10, 7)),
+        "b.bias": TensorInfo("F32", (3,)),
+        "c.ids": TensorInfo("I64", (4,)),  # integer buffers are copied, not streamed: no read-ahead
+        "d.big": TensorInfo("F32", (25,)),
+        "e.empty": TensorInfo("F32", (0,)),
+    }
+    chunk = 4
+    plan = _prefetch_plan(infos, chunk)
+    requested = {name: [0] * infos[name].numel for name in infos}
+    order = [(n, s) for n in sorted(infos) if infos[n].is_float for s in range(0, infos[n].numel, chunk)]
+    for i, (name, start) in enumerate(order):
+        for t, lo, hi in plan.get((name, start), ()):
+            for e in range(lo, hi):
+                requested[t][e] += 1
+        stop = min(infos[name].numel, start + chunk)
+        assert all(requested[name][e] == 1 for e in range(start, stop)), (name, start)  # asked for by now
+    assert all(c == 1 for n, counts in requested.items() if infos[n].is_float for c in counts)  # exactly once
+    assert not any(requested["c.ids"])
+    windows = -(-len(order) // PREFETCH_CHUNKS)
+    assert len(plan) == windows - 1  # one batch of requests per window; the last has nothing left to ask for
