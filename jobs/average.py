@@ -483,9 +483,10 @@ def _stream(files, infos, outputs, out_paths, out_dtype, write_refs, chunk_eleme
                 continue
             for start in range(0, info.numel, chunk):
                 stop = min(info.numel, start + chunk)
-                for ahead in read_ahead.get((name, start), ()):  # cold files: the kernel reads the next window meanwhile
+                ahead = read_ahead.get((name, start))
+                if ahead:  # cold files: the kernel reads the next window meanwhile
                     for ref in used:
-                        files[ref].prefetch(*ahead)
+                        files[ref].prefetch(ahead)
                 for c in chains:
                     acc = accumulators[c.dtype][: stop - start]
                     for step in c.steps:

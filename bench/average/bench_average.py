@@ -259,6 +259,7 @@ def main() -> None:
     ap.add_argument("--mergekit", default="/tmp/mergekit-venv", help="venv with mergekit 0.1.5 ('' to skip)")
     ap.add_argument("--skip-s3", action="store_true")
     ap.add_argument("--prepare-only", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of cat / pass / job")
     ap.add_argument("--s3-only", action="store_true", help="only the S3 part; merges into --out")
     ap.add_argument("--out", default=str(REPO / "bench" / "average" / "results.json"))
     args = ap.parse_args()
@@ -285,21 +286,35 @@ def main() -> None:
     def warm():
         subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
 
-    warm()
-    results["cat"] = measure(["cat", *files], env, discard=True)
-    results["cat"] = min(results["cat"], measure(["cat", *files], env, discard=True), key=lambda r: r["wall_s"])
-    print("cat", results["cat"], flush=True)
-    results["ours-pass"] = measure(body("ours-pass") + [",".join(files), out_file], env)
-    print("ours-pass", results["ours-pass"], flush=True)
-    # the whole job: verify (cold: no sha256 record yet) + stream + commit into the store
-    shutil.rmtree(cache / "verified", ignore_errors=True)
     uri = f"file://{store_dir}"
+    # the whole job, first time on this machine: verify (no sha256 record yet) + stream + commit
+    warm()
+    shutil.rmtree(cache / "verified", ignore_errors=True)
     results["ours-job-cold-verify"] = measure(body("ours-job") + [uri, ",".join(refs), "bench/avg-cold"], env)
     print("ours-job-cold-verify", results["ours-job-cold-verify"], flush=True)
-    warm()
-    results["ours-job"] = measure(body("ours-job") + [uri, ",".join(refs), "bench/avg-warm"], env)
-    print("ours-job", results["ours-job"], flush=True)
     shutil.rmtree(store_dir / "bench", ignore_errors=True)
+    # cat, the bare pass and the whole job, interleaved round by round: this VM's speed drifts
+    # by +-20% from minute to minute, so each round's ratios compare neighbours in time
+    warm()
+    rounds = []
+    for r in range(args.rounds):
+        row = {"cat": measure(["cat", *files], env, discard=True)}
+        row["ours-pass"] = measure(body("ours-pass") + [",".join(files), out_file], env)
+        row["ours-job"] = measure(body("ours-job") + [uri, ",".join(refs), f"bench/avg-{r}"], env)
+        shutil.rmtree(store_dir / "bench", ignore_errors=True)
+        Path(out_file).unlink(missing_ok=True)
+        rounds.append(row)
+        print(f"round {r}: " + ", ".join(f"{k} {v['wall_s']:.2f} s" for k, v in row.items()), flush=True)
+    results["rounds"] = rounds
+    for name in ("cat", "ours-pass", "ours-job"):
+        walls = sorted(row[name]["wall_s"] for row in rounds)
+        median = walls[len(walls) // 2]
+        results[name] = dict(min(rounds, key=lambda row: abs(row[name]["wall_s"] - median))[name], median_s=median, min_s=walls[0], max_s=walls[-1])
+    for name in ("ours-pass", "ours-job"):
+        ratios = sorted(row[name]["wall_s"] / row["cat"]["wall_s"] for row in rounds)
+        results[name]["ratio_to_cat_by_round"] = ratios
+        results[name]["ratio_to_cat_median"] = ratios[len(ratios) // 2]
+        print(name, "x cat per round:", " ".join(f"{x:.2f}" for x in ratios), flush=True)
     warm()
     results["naive"] = measure(body("naive") + [",".join(files)], env)
     print("naive", results["naive"], flush=True)
