@@ -490,14 +490,19 @@ def _stream(files, infos, outputs, out_paths, out_dtype, write_refs, chunk_eleme
                 for c in chains:
                     acc = accumulators[c.dtype][: stop - start]
                     for step in c.steps:
-                        for i, (ref, weight) in enumerate(step.ops):
+                        ops = step.ops
+                        if step.reset:  # the first terms start the sum: no zeroing or copying pass
+                            (r0, w0), rest = ops[0], ops[1:]
+                            x0 = files[r0].flat(name, start, stop)
+                            if rest and w0 == 1.0:
+                                (r1, w1), ops = rest[0], rest[1:]
+                                torch.add(x0, files[r1].flat(name, start, stop), alpha=w1, out=acc)
+                            else:
+                                torch.mul(x0, w0, out=acc) if w0 != 1.0 else acc.copy_(x0)
+                                ops = rest
+                        for ref, weight in ops:
                             x = files[ref].flat(name, start, stop)
-                            if step.reset and i == 0:  # the first term starts the sum: no zeroing pass
-                                if weight == 1.0:
-                                    acc.copy_(x)
-                                else:
-                                    torch.mul(x, weight, out=acc)
-                            elif weight == 1.0:
+                            if weight == 1.0:
                                 acc.add_(x)
                             else:
                                 acc.add_(x, alpha=weight)

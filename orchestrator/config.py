@@ -15,7 +15,7 @@ import yaml
 
 from jobs.data import registry
 from jobs.data.errors import DataError
-from jobs.spec import DatasetRef, SpecError, check_method, from_mapping, to_dict
+from jobs.spec import OUTPUT_DTYPES, DatasetRef, SpecError, check_method, from_mapping, to_dict
 
 PAPER_LEARNING_RATES = (1e-6, 5e-6, 1e-5, 1.5e-5, 2e-5, 2.5e-5, 3e-5)
 PAPER_BATCH_SIZES = (16, 32, 64)
@@ -128,8 +128,13 @@ class DrawSettings:
     count: int = 10
     runs_per_draw: int = 10
     methods: tuple[str, ...] = ("r-last", "r-dev", "r-ca", "soup-5")
+    # float dtype of the stored averages: bf16/fp16 halve storage for models kept only to be
+    # evaluated (sums are always accumulated in fp32/fp64)
+    output_dtype: str = "fp32"
 
     def validate(self, where: str) -> None:
+        if self.output_dtype not in OUTPUT_DTYPES:
+            raise SpecError(f"{where}.output_dtype: must be one of {', '.join(OUTPUT_DTYPES)}, got {self.output_dtype!r}")
         for i, m in enumerate(self.methods):
             check_method(m, f"{where}.methods[{i}]")
             if m in ("ca", "uniform"):

@@ -150,10 +150,12 @@ def average_requests(cfg: ExperimentConfig, uri: str, runs: list[RunInfo], draws
     """Per-run CA for every finished run, and one job per draw computing every method and k."""
     out = []
     if runs:
-        spec = AverageSpec(experiment_uri=uri, task=cfg.task, methods=("ca",), run_keys=tuple(r.run_key for r in runs))
+        spec = AverageSpec(experiment_uri=uri, task=cfg.task, methods=("ca",), run_keys=tuple(r.run_key for r in runs), output_dtype=cfg.draws.output_dtype)
         out.append(JobRequest("average", "average", f"average-{cfg.task}-ca", spec, {"stage": "average", "task": cfg.task}))
     for draw in draws:
-        spec = AverageSpec(experiment_uri=uri, task=cfg.task, methods=tuple(cfg.draws.methods), run_keys=draw.run_keys, draw_seed=draw.seed)
+        spec = AverageSpec(
+            experiment_uri=uri, task=cfg.task, methods=tuple(cfg.draws.methods), run_keys=draw.run_keys, draw_seed=draw.seed, output_dtype=cfg.draws.output_dtype
+        )
         out.append(JobRequest("average", "average", f"average-{cfg.task}-draw{draw.seed}", spec, {"stage": "average", "task": cfg.task, "draw": draw.seed}))
     return out
 

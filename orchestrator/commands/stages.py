@@ -124,9 +124,16 @@ def evaluate(exp: Experiment, parallelism: int, backend: str, dry_run: bool, ref
 @dry_run_option
 @click.option("--draws", type=click.IntRange(1), default=None, help="Number of draws (sample seeds 0..N-1).")
 @click.option("--runs-per-draw", type=click.IntRange(1), default=None, help="K: runs per draw.")
-@click.option("--methods", default=None, help="Comma-separated: r-last,r-dev,r-ca,soup-N.")
+@click.option("--methods", default=None, help="Comma-separated: r-last,r-dev,r-ca,soup-N,greedy.")
+@click.option(
+    "--output-dtype",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default=None,
+    help="Float dtype of the stored averages (bf16/fp16 halve storage; sums stay fp32/fp64). "
+    "Averages already stored keep theirs.",
+)
 @click.pass_context
-def average(ctx, exp: Experiment, parallelism: int, backend: str, dry_run: bool, draws, runs_per_draw, methods) -> None:
+def average(ctx, exp: Experiment, parallelism: int, backend: str, dry_run: bool, draws, runs_per_draw, methods, output_dtype) -> None:
     """Average snapshots: each run's CA, and every method for every k of every draw."""
     import dataclasses
 
@@ -136,6 +143,7 @@ def average(ctx, exp: Experiment, parallelism: int, backend: str, dry_run: bool,
         count=draws or d.count,
         runs_per_draw=runs_per_draw or d.runs_per_draw,
         methods=tuple(m.strip() for m in methods.split(",")) if methods else d.methods,
+        output_dtype=output_dtype or d.output_dtype,
     )
     d.validate("--methods")
     exp.config = dataclasses.replace(exp.config, draws=d)

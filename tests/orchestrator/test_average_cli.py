@@ -1,0 +1,51 @@
+"""`orchestrator average` on the local backend: the flags reach the average jobs."""
+from __future__ import annotations
+
+import yaml
+from click.testing import CliRunner
+from safetensors import safe_open
+
+from jobs import layout
+from jobs.snapshots import WeightsCache, read_manifest
+
+from orchestrator import plan
+from orchestrator.commands.stages import average
+from orchestrator.context import open_experiment
+
+from tests.jobs.test_average_support import make_runs, naive_mean
+
+CONFIGS = [(1e-5, 16), (2e-5, 16), (3e-5, 32)]
+
+
+def test_average_output_dtype_flag_stores_bf16_averages(tmp_path):
+    bucket, config = tmp_path / "bucket", tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "task": "nli", "base_model": "tiny", "epochs": 3, "head": {"enabled": False},
+        "grid": {"learning_rates": [1e-5, 2e-5, 3e-5], "batch_sizes": [16, 32], "seeds": [1]},
+        "draws": {"count": 1, "runs_per_draw": 3, "methods": ["r-ca"]},
+    }))
+    exp = open_experiment(str(bucket), "dtype", str(config), {})
+    runs, states = make_runs(exp.store, tmp_path / "src", CONFIGS, snapshots=2)
+    args = ["--bucket", str(bucket), "--experiment", "dtype", "--config", str(config), "--backend", "local"]
+    result = CliRunner().invoke(average, args + ["--output-dtype", "bf16"])
+    assert result.exit_code == 0, result.output
+
+    finished = plan.finished_runs(exp.config, exp.store, exp.uri, None)
+    refs = plan.average_refs(exp.config, finished, plan.make_draws(exp.config, finished))
+    assert len(refs) == 3 + 3  # each run's CA, and R-CA for k = 1..3
+    cache = WeightsCache(exp.store, tmp_path / "cache")
+    for ref in refs:
+        manifest = read_manifest(exp.store, ref)
+        assert manifest["dtype"] == "bf16"
+        members = [c["ref"] for c in manifest["constituents"]]
+        expected = naive_mean([states[m] for m in members])
+        with safe_open(str(cache.path(ref)), "pt") as f:
+            for name in f.keys():
+                value = f.get_tensor(name)
+                if expected[name].is_floating_point():
+                    assert value.dtype.is_floating_point and value.element_size() == 2, name  # stored in bf16
+                    assert (value.double() - expected[name]).abs().max() <= 1e-2 * (1 + expected[name].abs().max()), name
+    assert layout.run_average_ref(runs[0].run_key) in refs
+
+    bad = CliRunner().invoke(average, args + ["--output-dtype", "fp8"])
+    assert bad.exit_code != 0 and "fp8" in bad.output
