@@ -1,6 +1,7 @@
 """Exactness of the averaging engine: every method and k equals a naive float64 average."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -126,13 +127,14 @@ def test_chunked_pass_matches_for_any_chunk_size(draw_store, tmp_path):
     ]
     weighted = {n: 0.5 * v.double() + 2.0 * states[refs[0]][n].double() if v.is_floating_point() else v for n, v in states[refs[3]].items()}
     expected = {"a": naive_mean([states[r] for r in refs[:2]]), "b": naive_mean([states[r] for r in refs[1:]]), "c": weighted}
-    for chunk in (1, 7, 1 << 20):
-        paths = {o.ref: tmp_path / f"{o.ref}-{chunk}.safetensors" for o in outputs}
-        stream_average(files, files[refs[0]].infos, outputs, paths, chunk_elements=chunk)
-        from safetensors.torch import load_file
+    from safetensors.torch import load_file
 
+    for chunk in (1, 7, 64, 1 << 20):  # chunk sizes that split tensors, and one that does not
+        paths = {o.ref: tmp_path / f"{o.ref}-{chunk}.safetensors" for o in outputs}
+        hashes = stream_average(files, files[refs[0]].infos, outputs, paths, chunk_elements=chunk)
         for o in outputs:
             assert max_abs_diff(load_file(str(paths[o.ref])), expected[o.ref]) < 1e-6, chunk
+            assert hashes[o.ref][0] == hashlib.sha256(paths[o.ref].read_bytes()).hexdigest()
 
 
 def test_read_ahead_asks_for_every_chunk_once_and_before_the_pass_reaches_it():
