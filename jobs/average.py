@@ -546,11 +546,15 @@ def execute(
     cache: WeightsCache | None = None,
     before_commit=None,
     background_verify: bool = True,
+    evaluator=None,
 ) -> list[dict]:
     """Fetch, validate, compute every output in one streaming pass, then commit each.
 
     `write_refs` limits which outputs are written (the others are computed only as steps of
-    a chain); `before_commit()` runs once every input is verified and every output computed."""
+    a chain); `before_commit()` runs once every input is verified and every output computed.
+    With an `evaluator` (jobs.evaluate.Evaluator) each output is scored from its local file,
+    then committed (unless `commit` is false), then its results are written: results never
+    exist for weights that failed to commit. Returns the committed manifests."""
     cache = cache or WeightsCache(store, scratch / "cache")
     write_refs = set(o.ref for o in outputs) if write_refs is None else set(write_refs)
     needed = list(dict.fromkeys(ref for o in outputs for ref, _ in o.terms))
@@ -578,15 +582,20 @@ def execute(
         if before_commit is not None:
             before_commit()
         committed = []
-        if commit:
-            by_ref = {o.ref: o for o in outputs}
-            for ref, (sha, _size) in hashes.items():
-                o = by_ref[ref]
-                committed.append(commit_model(store, ref, out_paths[ref], dict(o.manifest, dtype=out_dtype), sha256=sha, move=True))
-                out_paths[ref].unlink(missing_ok=True)
+        by_ref = {o.ref: o for o in outputs}
+        refs = list(hashes) if commit or evaluator is not None else []
+        for ref in progress(refs, desc="evaluate + commit" if evaluator is not None else "commit", unit="model"):
+            o = by_ref[ref]
+            manifest = dict(o.manifest, dtype=out_dtype)
+            rows = evaluator.score_file(ref, out_paths[ref], dict(manifest, ref=ref)) if evaluator is not None else None
+            if commit:
+                committed.append(commit_model(store, ref, out_paths[ref], manifest, sha256=hashes[ref][0], move=True))
+            out_paths[ref].unlink(missing_ok=True)
+            if rows is not None:
+                evaluator.write(ref, rows)
         return committed
     finally:
-        if commit:
+        if commit or evaluator is not None:
             shutil.rmtree(out_dir, ignore_errors=True)
 
 
@@ -634,7 +643,19 @@ def _run_average(spec: AverageSpec, scratch: Path, store: ObjectStore) -> list[s
             store.put_bytes(layout.draw_key(spec.draw_seed, draw["hash"]), record)
             store.put_bytes(f"averages/s{spec.draw_seed}-{draw['hash']}/draw.json", record)
 
-    todo = {o.ref for o in outputs if not _done(store, o.ref)}  # a retry redoes only what is missing
+    evaluator = None
+    if spec.evaluate is not None:  # fused: done means evaluated; stored but unscored averages are scored as they are
+        todo = {o.ref for o in outputs if not store.exists(layout.results_key(o.ref))}
+        stored = sorted(r for r in todo if is_committed(store, r))
+        todo -= set(stored)
+        if stored or todo:
+            from jobs.evaluate import Evaluator
+
+            evaluator = Evaluator(store, spec.experiment_uri, spec.task, spec.evaluate, spec.num_threads)
+        for ref in stored:
+            evaluator.evaluate_stored(ref, cache)
+    else:
+        todo = {o.ref for o in outputs if not _done(store, o.ref)}  # a retry redoes only what is missing
     if not todo:
         log.info("all %d averaged models exist", len(outputs))
         if draw is not None and not store.exists(layout.draw_key(spec.draw_seed, draw["hash"])):
@@ -642,6 +663,12 @@ def _run_average(spec: AverageSpec, scratch: Path, store: ObjectStore) -> list[s
         return []
     pending_methods = {o.method for o in outputs if o.ref in todo}  # whole chains: prefix sums need them
     outputs = [o for o in outputs if o.method in pending_methods]
-    committed = execute(store, outputs, scratch, spec.output_dtype, write_refs=todo, manifests=manifests, cache=cache, before_commit=write_draw_record)
-    log.info("committed %d averaged models", len(committed))
-    return [m["ref"] for m in committed]
+    committed = execute(
+        store, outputs, scratch, spec.output_dtype, commit=spec.keep_averages, write_refs=todo, manifests=manifests, cache=cache,
+        before_commit=write_draw_record, evaluator=evaluator,
+    )
+    if spec.keep_averages:
+        log.info("committed %d averaged models", len(committed))
+        return [m["ref"] for m in committed]
+    log.info("evaluated %d averaged models (weights not kept)", len(todo))
+    return sorted(todo)

@@ -56,11 +56,17 @@ def load_pretrained(task, base_model: str):
 
 def load_model_from_ref(task, base_model: str, store, ref: str, cache: WeightsCache):
     """Build the architecture from the config and load a committed model's weights into it."""
+    manifest = read_manifest(store, ref)
+    return load_model_from_file(task, base_model, cache.path(ref, manifest), ref), manifest
+
+
+def load_model_from_file(task, base_model: str, path, ref: str):
+    """Build the architecture from the config and load the weights of a local safetensors file
+    (model `ref`, for messages) into it."""
     from safetensors.torch import load_file
 
-    manifest = read_manifest(store, ref)
     model = build_model(task, base_model)
-    state = load_file(str(cache.path(ref, manifest)))
+    state = load_file(str(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [m for m in missing if not m.endswith("position_ids")]:
         from jobs.errors import PermanentError
@@ -69,7 +75,7 @@ def load_model_from_ref(task, base_model: str, store, ref: str, cache: WeightsCa
             f"model {ref} does not fit {base_model!r} for task {task.name}: "
             f"missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
-    return model, manifest
+    return model
 
 
 def ref_kind(ref: str) -> str:

@@ -2,7 +2,8 @@
 
 Run it as `python -m jobs evaluate --spec spec.json`. Writes one results parquet per model
 (jobs.results); models whose results already exist are skipped, so a retry redoes only
-what is missing.
+what is missing. The average job uses the same Evaluator to score its averages itself
+(fused average-then-evaluate, AverageSpec.evaluate).
 """
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import tempfile
 from pathlib import Path
 
 from jobs import layout
-from jobs.common import load_model_from_ref, log, progress, ref_kind, setup_torch
+from jobs.common import load_model_from_file, load_model_from_ref, log, progress, ref_kind, setup_torch
 from jobs.data.cache import encode_cached
 from jobs.models import load_tokenizer
 from jobs.results import results_frame, to_parquet_bytes
 from jobs.snapshots import WeightsCache
-from jobs.spec import DatasetRef, EvaluateSpec
-from jobs.store import open_store
+from jobs.spec import DatasetRef, EvaluateSpec, Evaluation
+from jobs.store import ObjectStore, open_store
 from jobs.tasks import get_task
 
 
@@ -24,32 +25,39 @@ def experiment_name(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
-def run_evaluate(spec: EvaluateSpec, scratch: Path | None = None, force: bool = False) -> list[str]:
-    store = open_store(spec.experiment_uri)
-    todo = [ref for ref in spec.refs if force or not store.exists(layout.results_key(ref))]
-    if not todo:
-        log.info("all %d models already evaluated", len(spec.refs))
-        return []
-    task = get_task(spec.task)
-    device = setup_torch(spec.num_threads)
-    scratch = Path(scratch or tempfile.mkdtemp(prefix="xlt-eval-"))
-    cache = WeightsCache(store, scratch / "cache")
-    tokenizer = load_tokenizer(spec.base_model)
+class Evaluator:
+    """Scores models of one experiment on the source dev set and every target set.
 
-    # load and tokenise every set once for all models of this job
-    sets: list[tuple[DatasetRef, list[dict], list[dict]]] = []
-    for ref in (spec.source_dev, *spec.targets):
-        examples = task.load(ref)
-        sets.append((ref, examples, encode_cached(task, tokenizer, examples, spec.max_length)))
+    The sets are loaded and tokenised once, for every model this evaluator scores."""
 
-    written = []
-    for ref in progress(todo, desc="evaluate", unit="model"):
-        model, manifest = load_model_from_ref(task, spec.base_model, store, ref, cache)
-        model.to(device)
+    def __init__(self, store: ObjectStore, experiment_uri: str, task_name: str, settings: Evaluation, num_threads: int | None = None):
+        self.store = store
+        self.experiment_uri = experiment_uri
+        self.task = get_task(task_name)
+        self.settings = settings
+        self.device = setup_torch(num_threads)
+        self.tokenizer = load_tokenizer(settings.base_model)
+        self.sets: list[tuple[DatasetRef, list[dict], list[dict]]] = []
+        for ref in (settings.source_dev, *settings.targets):
+            examples = self.task.load(ref)
+            self.sets.append((ref, examples, encode_cached(self.task, self.tokenizer, examples, settings.max_length)))
+
+    def evaluate_stored(self, ref: str, cache: WeightsCache) -> None:
+        """Score a committed model and write its results."""
+        model, manifest = load_model_from_ref(self.task, self.settings.base_model, self.store, ref, cache)
+        self.write(ref, self.score(ref, model, manifest))
+
+    def score_file(self, ref: str, path: str | Path, manifest: dict) -> list[dict]:
+        """Result rows of model `ref` whose weights are the local file `path` (not stored yet)."""
+        return self.score(ref, load_model_from_file(self.task, self.settings.base_model, path, ref), manifest)
+
+    def score(self, ref: str, model, manifest: dict) -> list[dict]:
+        task = self.task
+        model.to(self.device)
         run_spec = manifest.get("spec") or {}
         base = {
-            "experiment": experiment_name(spec.experiment_uri),
-            "task": spec.task,
+            "experiment": experiment_name(self.experiment_uri),
+            "task": task.name,
             "ref": ref,
             "kind": ref_kind(ref),
             "run_key": manifest.get("run_key"),
@@ -63,14 +71,32 @@ def run_evaluate(spec: EvaluateSpec, scratch: Path | None = None, force: bool = 
             "metric": task.metric,
         }
         rows = []
-        for i, (dref, examples, features) in enumerate(sets):
+        for i, (dref, examples, features) in enumerate(self.sets):
             if i == 0 and base["kind"] == "snapshot" and manifest.get("dev_score") is not None:
                 values = {task.metric: manifest["dev_score"]}  # selection scores come from one place: the train job
             else:
-                values = task.evaluate(model, tokenizer, examples, features, spec.batch_size)  # primary metric first
+                values = task.evaluate(model, self.tokenizer, examples, features, self.settings.batch_size)  # primary metric first
             for metric, value in values.items():
                 rows.append(dict(base, metric=metric, dataset=dref.dataset, language=dref.language, split=dref.split, value=value, n_examples=len(examples)))
-        store.put_bytes(layout.results_key(ref), to_parquet_bytes(results_frame(rows)))
-        written.append(ref)
+        return rows
+
+    def write(self, ref: str, rows: list[dict]) -> None:
+        self.store.put_bytes(layout.results_key(ref), to_parquet_bytes(results_frame(rows)))
         log.info("evaluated %s: English dev %.4f", ref, rows[0]["value"])
+
+
+def run_evaluate(spec: EvaluateSpec, scratch: Path | None = None, force: bool = False) -> list[str]:
+    store = open_store(spec.experiment_uri)
+    todo = [ref for ref in spec.refs if force or not store.exists(layout.results_key(ref))]
+    if not todo:
+        log.info("all %d models already evaluated", len(spec.refs))
+        return []
+    settings = Evaluation(spec.base_model, spec.source_dev, spec.targets, spec.max_length, spec.batch_size)
+    evaluator = Evaluator(store, spec.experiment_uri, spec.task, settings, spec.num_threads)
+    scratch = Path(scratch or tempfile.mkdtemp(prefix="xlt-eval-"))
+    cache = WeightsCache(store, scratch / "cache")
+    written = []
+    for ref in progress(todo, desc="evaluate", unit="model"):
+        evaluator.evaluate_stored(ref, cache)
+        written.append(ref)
     return written

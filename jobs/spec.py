@@ -233,6 +233,18 @@ class EvaluateSpec:
             raise SpecError(f"{where + '.' if where else ''}refs: name at least one model reference")
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What an average job needs to score its own averages (fused average-then-evaluate): the
+    same settings an EvaluateSpec carries, less the refs."""
+
+    base_model: str
+    source_dev: DatasetRef
+    targets: tuple[DatasetRef, ...]
+    max_length: int = 128
+    batch_size: int = 64
+
+
 AVERAGE_METHODS = ("ca", "r-last", "r-dev", "r-ca", "greedy", "uniform")  # plus soup-N for any N >= 1
 OUTPUT_DTYPES = ("fp32", "bf16", "fp16")
 
@@ -265,6 +277,10 @@ class AverageSpec:
     refs: tuple[str, ...] = ()
     output_ref: Optional[str] = None
     output_dtype: str = "fp32"  # fp32 | bf16 | fp16: the stored averages' float dtype (sums are fp32 or fp64)
+    # fused average-then-evaluate: score every average in this job (results parquet as the
+    # evaluate job writes them); then `keep_averages: false` stores no weights at all
+    evaluate: Optional[Evaluation] = None
+    keep_averages: bool = True
     num_threads: Optional[int] = None
     deadline_seconds: Optional[int] = None
     version: int = SPEC_VERSION
@@ -277,6 +293,8 @@ class AverageSpec:
             raise SpecError(f"{p}output_dtype: must be one of {', '.join(OUTPUT_DTYPES)}, got {self.output_dtype!r}")
         for i, m in enumerate(self.methods):
             check_method(m, f"{p}methods[{i}]")
+        if not self.keep_averages and self.evaluate is None:
+            raise SpecError(f"{p}keep_averages: false needs evaluate settings, else the averages would be lost unscored")
         if "uniform" in self.methods:
             if len(self.methods) != 1 or not self.refs or not self.output_ref:
                 raise SpecError(f"{p}methods: 'uniform' needs refs and output_ref and no other method")

@@ -131,8 +131,15 @@ class DrawSettings:
     # float dtype of the stored averages: bf16/fp16 halve storage for models kept only to be
     # evaluated (sums are always accumulated in fp32/fp64)
     output_dtype: str = "fp32"
+    # fused average-then-evaluate: each average job scores its averages itself (it then needs
+    # the evaluate image and a GPU on a cluster); with it, keep_averages: false stores no
+    # averaged weights at all (a full paper run makes hundreds of XLM-R-large averages)
+    fused_evaluate: bool = False
+    keep_averages: bool = True
 
     def validate(self, where: str) -> None:
+        if not self.keep_averages and not self.fused_evaluate:
+            raise SpecError(f"{where}.keep_averages: false needs fused_evaluate: true, else the averages would be lost unscored")
         if self.output_dtype not in OUTPUT_DTYPES:
             raise SpecError(f"{where}.output_dtype: must be one of {', '.join(OUTPUT_DTYPES)}, got {self.output_dtype!r}")
         for i, m in enumerate(self.methods):

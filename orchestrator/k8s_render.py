@@ -18,8 +18,9 @@ from jobs.spec import SpecError, canonical_json, from_mapping, short_hash, to_di
 
 from orchestrator.plan import JobRequest
 
-STAGES = ("head", "train", "evaluate", "average")
-IMAGE_FOR_STAGE = {"head": "xlt-train", "train": "xlt-train", "evaluate": "xlt-evaluate", "average": "xlt-average"}
+STAGES = ("head", "train", "evaluate", "average", "average-gpu")
+# average-gpu: average jobs that run forward passes (fused evaluation, greedy soup)
+IMAGE_FOR_STAGE = {"head": "xlt-train", "train": "xlt-train", "evaluate": "xlt-evaluate", "average": "xlt-average", "average-gpu": "xlt-evaluate"}
 CONTAINER = "job"  # the container name the podFailurePolicy's exit-code rule refers to
 EXIT_PERMANENT = 3  # jobs.errors.EXIT_PERMANENT: the job fails at once, no retry helps
 LABEL_PREFIX = "xlt.io"
@@ -61,9 +62,14 @@ def _default_resources() -> dict[str, StageResources]:
         "train": StageResources(cpu="8", memory="32Gi", gpu=1, deadline_seconds=48 * 3600, hours_per_epoch=1.0),
         # up to 16 models x every target set per job
         "evaluate": StageResources(cpu="8", memory="32Gi", gpu=1, deadline_seconds=12 * 3600, hours_per_job=1.0),
-        # streaming fp32 sums on the CPU: memory for one model plus one tensor
-        "average": StageResources(cpu="4", memory="16Gi", gpu=0, ephemeral_storage="40Gi",
+        # streaming fp32 sums on the CPU: memory for one model plus one tensor. /scratch holds a
+        # draw's inputs and outputs: for XLM-R large (2.24 GB) and K = 10, about 35 inputs (run-sums,
+        # last, src-dev, soup members) + 40 averages (4 methods x k) = ~170 GB in fp32
+        "average": StageResources(cpu="4", memory="16Gi", gpu=0, ephemeral_storage="200Gi",
                                   deadline_seconds=12 * 3600, hours_per_job=0.5),
+        # the same plus forward passes: every average of a draw scored on every target set
+        "average-gpu": StageResources(cpu="8", memory="32Gi", gpu=1, ephemeral_storage="200Gi",
+                                      deadline_seconds=24 * 3600, hours_per_job=2.0),
     }
 
 
@@ -395,8 +401,9 @@ def plan_cost(requests: list[JobRequest], settings: ClusterSettings, base_model:
             cost.snapshot_bytes = None
         elif cost.snapshot_bytes is not None and r.kind == "train":
             cost.snapshot_bytes += size * (spec.epochs * spec.snapshots_per_epoch + 1)  # + the fp32 run-sum
-        elif cost.snapshot_bytes is not None:
+        elif cost.snapshot_bytes is not None and spec.keep_averages:
             k = len(spec.run_keys)
             models = k if spec.methods == ("ca",) else len(spec.methods) * k if spec.draw_seed is not None else 1
-            cost.snapshot_bytes += size * models
+            per_value = 2 if spec.output_dtype in ("bf16", "fp16") else 4  # model_bytes counts fp32
+            cost.snapshot_bytes += size * models * per_value // 4
     return cost

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from jobs import layout
 from jobs.draws import Draw, RunInfo, draw_runs
 from jobs.snapshots import is_committed, read_manifest
-from jobs.spec import AverageSpec, EvaluateSpec, HeadRef, TrainSpec
+from jobs.spec import AverageSpec, EvaluateSpec, Evaluation, HeadRef, TrainSpec
 from jobs.store import ObjectStore
 
 from orchestrator.config import ExperimentConfig
@@ -147,16 +147,30 @@ def make_draws(cfg: ExperimentConfig, runs: list[RunInfo]) -> list[Draw]:
 
 
 def average_requests(cfg: ExperimentConfig, uri: str, runs: list[RunInfo], draws: list[Draw]) -> list[JobRequest]:
-    """Per-run CA for every finished run, and one job per draw computing every method and k."""
+    """Per-run CA for every finished run, and one job per draw computing every method and k.
+
+    Jobs that run forward passes (fused evaluation, greedy soup) are stage `average-gpu`: on a
+    cluster they take the evaluate image and a GPU; plain averaging needs only CPUs."""
+    d = cfg.draws
+    evaluation = None
+    if d.fused_evaluate:
+        evaluation = Evaluation(
+            base_model=cfg.base_model,
+            source_dev=cfg.data.dev,
+            targets=tuple(ref for t in cfg.data.targets for ref in t.refs()),
+            max_length=cfg.max_length,
+            batch_size=cfg.eval_batch_size,
+        )
+    common = dict(experiment_uri=uri, task=cfg.task, output_dtype=d.output_dtype, evaluate=evaluation, keep_averages=d.keep_averages)
     out = []
     if runs:
-        spec = AverageSpec(experiment_uri=uri, task=cfg.task, methods=("ca",), run_keys=tuple(r.run_key for r in runs), output_dtype=cfg.draws.output_dtype)
-        out.append(JobRequest("average", "average", f"average-{cfg.task}-ca", spec, {"stage": "average", "task": cfg.task}))
+        spec = AverageSpec(methods=("ca",), run_keys=tuple(r.run_key for r in runs), **common)
+        stage = "average-gpu" if evaluation else "average"
+        out.append(JobRequest("average", stage, f"average-{cfg.task}-ca", spec, {"stage": stage, "task": cfg.task}))
     for draw in draws:
-        spec = AverageSpec(
-            experiment_uri=uri, task=cfg.task, methods=tuple(cfg.draws.methods), run_keys=draw.run_keys, draw_seed=draw.seed, output_dtype=cfg.draws.output_dtype
-        )
-        out.append(JobRequest("average", "average", f"average-{cfg.task}-draw{draw.seed}", spec, {"stage": "average", "task": cfg.task, "draw": draw.seed}))
+        spec = AverageSpec(methods=tuple(d.methods), run_keys=draw.run_keys, draw_seed=draw.seed, **common)
+        stage = "average-gpu" if evaluation or "greedy" in d.methods else "average"
+        out.append(JobRequest("average", stage, f"average-{cfg.task}-draw{draw.seed}", spec, {"stage": stage, "task": cfg.task, "draw": draw.seed}))
     return out
 
 

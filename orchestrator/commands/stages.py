@@ -132,8 +132,19 @@ def evaluate(exp: Experiment, parallelism: int, backend: str, dry_run: bool, ref
     help="Float dtype of the stored averages (bf16/fp16 halve storage; sums stay fp32/fp64). "
     "Averages already stored keep theirs.",
 )
+@click.option(
+    "--fused-evaluate/--no-fused-evaluate",
+    default=None,
+    help="Score every average inside its average job (on a cluster: the evaluate image and a GPU).",
+)
+@click.option(
+    "--keep-averages/--drop-averages",
+    default=None,
+    help="With --fused-evaluate: --drop-averages stores only the scores, not the averaged weights.",
+)
 @click.pass_context
-def average(ctx, exp: Experiment, parallelism: int, backend: str, dry_run: bool, draws, runs_per_draw, methods, output_dtype) -> None:
+def average(ctx, exp: Experiment, parallelism: int, backend: str, dry_run: bool, draws, runs_per_draw, methods, output_dtype,
+            fused_evaluate, keep_averages) -> None:
     """Average snapshots: each run's CA, and every method for every k of every draw."""
     import dataclasses
 
@@ -144,7 +155,11 @@ def average(ctx, exp: Experiment, parallelism: int, backend: str, dry_run: bool,
         runs_per_draw=runs_per_draw or d.runs_per_draw,
         methods=tuple(m.strip() for m in methods.split(",")) if methods else d.methods,
         output_dtype=output_dtype or d.output_dtype,
+        fused_evaluate=d.fused_evaluate if fused_evaluate is None else fused_evaluate,
+        keep_averages=d.keep_averages if keep_averages is None else keep_averages,
     )
+    if not d.keep_averages and not d.fused_evaluate:
+        raise click.UsageError("--drop-averages needs --fused-evaluate (or draws.fused_evaluate: true): else the averages would be lost unscored")
     d.validate("--methods")
     exp.config = dataclasses.replace(exp.config, draws=d)
     do_average(exp, _backend(exp, parallelism, backend), dry_run)

@@ -49,3 +49,37 @@ def test_average_output_dtype_flag_stores_bf16_averages(tmp_path):
 
     bad = CliRunner().invoke(average, args + ["--output-dtype", "fp8"])
     assert bad.exit_code != 0 and "fp8" in bad.output
+
+
+def test_fused_evaluation_plans_gpu_average_jobs_that_carry_the_evaluate_settings():
+    import dataclasses
+
+    from orchestrator import k8s_render
+
+    from tests.orchestrator.k8s.k8s_fixtures import config
+    from jobs.draws import RunInfo
+
+    cfg = config("nli")
+    cfg = dataclasses.replace(cfg, draws=dataclasses.replace(cfg.draws, fused_evaluate=True, keep_averages=False, runs_per_draw=2, count=1))
+    runs = [RunInfo(f"{i:016x}", 1e-5 * (i + 1), 16, 1) for i in range(3)]
+    requests = plan.average_requests(cfg, "s3://bucket/exp", runs, plan.make_draws(cfg, runs))
+    assert [r.stage for r in requests] == ["average-gpu", "average-gpu"]
+    targets = tuple(ref for t in cfg.data.targets for ref in t.refs())
+    for r in requests:
+        assert r.spec.evaluate.targets == targets and r.spec.evaluate.source_dev == cfg.data.dev
+        assert r.spec.keep_averages is False
+    settings = k8s_render.ClusterSettings(image_prefix="ghcr.io/acme")
+    job = k8s_render.render_job(requests[1], "nli-test", settings)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].startswith("ghcr.io/acme/xlt-evaluate:")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert k8s_render.plan_cost(requests, settings, cfg.base_model).snapshot_bytes == 0  # nothing stored
+    # plain averaging stays on CPUs in the average image
+    plain = plan.average_requests(dataclasses.replace(cfg, draws=dataclasses.replace(cfg.draws, fused_evaluate=False, keep_averages=True)),
+                                  "s3://bucket/exp", runs, plan.make_draws(cfg, runs))
+    assert [r.stage for r in plain] == ["average", "average"] and all(r.spec.evaluate is None for r in plain)
+
+
+def test_drop_averages_without_fused_evaluation_is_refused(tmp_path):
+    result = CliRunner().invoke(average, ["--bucket", f"file://{tmp_path}/b", "--base-model", "tiny", "--drop-averages"])
+    assert result.exit_code != 0 and "--drop-averages needs --fused-evaluate" in result.output
