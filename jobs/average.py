@@ -497,8 +497,11 @@ def _stream(files, infos, outputs, out_paths, out_dtype, write_refs, chunk_eleme
                             if rest and w0 == 1.0:
                                 (r1, w1), ops = rest[0], rest[1:]
                                 torch.add(x0, files[r1].flat(name, start, stop), alpha=w1, out=acc)
+                            elif w0 == 1.0:
+                                acc.copy_(x0)
+                                ops = rest
                             else:
-                                torch.mul(x0, w0, out=acc) if w0 != 1.0 else acc.copy_(x0)
+                                torch.mul(x0, w0, out=acc)
                                 ops = rest
                         for ref, weight in ops:
                             x = files[ref].flat(name, start, stop)
