@@ -13,10 +13,11 @@ from pathlib import Path
 from jobs import layout
 from jobs.common import load_model_from_file, load_model_from_ref, log, progress, ref_kind, setup_torch
 from jobs.data.cache import encode_cached
+from jobs.errors import PermanentError
 from jobs.models import load_tokenizer
 from jobs.results import results_frame, to_parquet_bytes
 from jobs.snapshots import WeightsCache
-from jobs.spec import DatasetRef, EvaluateSpec, Evaluation
+from jobs.spec import DatasetRef, EvaluateSpec, Evaluation, task_options
 from jobs.store import ObjectStore, open_store
 from jobs.tasks import get_task
 
@@ -33,7 +34,8 @@ class Evaluator:
     def __init__(self, store: ObjectStore, experiment_uri: str, task_name: str, settings: Evaluation, num_threads: int | None = None):
         self.store = store
         self.experiment_uri = experiment_uri
-        self.task = get_task(task_name)
+        self.options = task_options(settings, task_name)
+        self.task = get_task(task_name, **self.options)
         self.settings = settings
         self.device = setup_torch(num_threads)
         self.tokenizer = load_tokenizer(settings.base_model)
@@ -52,9 +54,16 @@ class Evaluator:
         return self.score(ref, load_model_from_file(self.task, self.settings.base_model, path, ref), manifest)
 
     def score(self, ref: str, model, manifest: dict) -> list[dict]:
+        from jobs.train import eval_autocast
+
         task = self.task
         model.to(self.device)
         run_spec = manifest.get("spec") or {}
+        if run_spec and task_options(run_spec, task.name) != self.options:
+            raise PermanentError(
+                f"model {ref} was trained with {task_options(run_spec, task.name)}, this evaluation uses {self.options}: "
+                f"evaluate it with its own settings (results of two schemes must not be mixed)"
+            )
         base = {
             "experiment": experiment_name(self.experiment_uri),
             "task": task.name,
@@ -69,13 +78,16 @@ class Evaluator:
             "k": manifest.get("k"),
             "draw_seed": manifest.get("draw_seed"),
             "metric": task.metric,
+            "label_scheme": self.options.get("label_scheme"),
+            "n_snapshots": manifest.get("count") if ref_kind(ref) != "snapshot" else None,  # snapshots averaged
         }
         rows = []
         for i, (dref, examples, features) in enumerate(self.sets):
             if i == 0 and base["kind"] == "snapshot" and manifest.get("dev_score") is not None:
                 values = {task.metric: manifest["dev_score"]}  # selection scores come from one place: the train job
             else:
-                values = task.evaluate(model, self.tokenizer, examples, features, self.settings.batch_size)  # primary metric first
+                with eval_autocast(self.device, self.settings.precision):
+                    values = task.evaluate(model, self.tokenizer, examples, features, self.settings.batch_size)  # primary metric first
             for metric, value in values.items():
                 rows.append(dict(base, metric=metric, dataset=dref.dataset, language=dref.language, split=dref.split, value=value, n_examples=len(examples)))
         return rows
@@ -91,7 +103,7 @@ def run_evaluate(spec: EvaluateSpec, scratch: Path | None = None, force: bool = 
     if not todo:
         log.info("all %d models already evaluated", len(spec.refs))
         return []
-    settings = Evaluation(spec.base_model, spec.source_dev, spec.targets, spec.max_length, spec.batch_size)
+    settings = spec.evaluation()
     evaluator = Evaluator(store, spec.experiment_uri, spec.task, settings, spec.num_threads)
     scratch = Path(scratch or tempfile.mkdtemp(prefix="xlt-eval-"))
     cache = WeightsCache(store, scratch / "cache")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -148,9 +149,82 @@ class HeadRef:
     sha256: str
 
 
+# ---- choices of the paper's code, each with its named alternative (docs/fidelity.md) ----
+PRECISIONS = ("fp16", "bf16", "fp32")  # fp16: autocast + GradScaler, the paper's Lightning "16-mixed"
+NER_LABEL_SCHEMES = ("all-subtokens", "first-subtoken")
+# all-subtokens: every sub-token carries its word's tag, seqeval over sub-tokens (the paper's code,
+# label_all_tokens=True); first-subtoken: the XTREME convention, scored per word
+QA_QUESTION_MODES = ("full", "truncated")
+# full: only the context is windowed (the paper's code, truncation="only_second"); truncated:
+# questions cut to 64 tokens first (this project before the fidelity change)
+SNAPSHOT_UNITS = ("epochs", "steps")
+
+
+def parse_snapshot_every(text: str, where: str = "snapshot_every") -> tuple[float, str]:
+    """'4 epochs' -> (4.0, 'epochs'); '0.5 epochs', '1 epoch', '500 steps'. One-line SpecError."""
+    parts = str(text).split()
+    if len(parts) == 2:
+        amount, unit = parts
+        unit = unit if unit.endswith("s") else unit + "s"
+        try:
+            value = float(amount)
+        except ValueError:
+            value = float("nan")
+        if unit in SNAPSHOT_UNITS and math.isfinite(value) and value > 0:
+            if unit == "steps" and not value.is_integer():
+                raise SpecError(f"{where}: a step interval must be a whole number, got {text!r}")
+            return value, unit
+    raise SpecError(f"{where}: expected 'N epochs' or 'N steps' (e.g. '1 epoch', '4 epochs', '0.5 epochs', '500 steps'), got {text!r}")
+
+
+def canonical_snapshot_every(text: str, where: str = "snapshot_every") -> str:
+    value, unit = parse_snapshot_every(text, where)
+    return f"{value:g} {unit}"
+
+
+def snapshot_steps(schedule: tuple[float, str] | None, snapshots_per_epoch: int | None, epochs: int,
+                   steps_per_epoch: int, where: str = "snapshot_every") -> list[int]:
+    """Optimizer steps after which a snapshot is taken; the last is always the end of training.
+
+    `schedule` is a parsed `snapshot_every`; without one, `snapshots_per_epoch` (default 1)
+    evenly spaced per epoch (the behaviour before `snapshot_every` existed). A schedule the run
+    cannot give (an interval that does not divide the run, more snapshots per epoch than steps,
+    an interval longer than the run) raises a one-line SpecError."""
+    total = epochs * steps_per_epoch
+    if schedule is None or (schedule[1] == "epochs" and schedule[0] < 1):
+        per_epoch = snapshots_per_epoch or 1
+        if schedule is not None:
+            per_epoch = round(1 / schedule[0])
+            if abs(per_epoch * schedule[0] - 1) > 1e-9:
+                raise SpecError(f"{where}: {schedule[0]:g} epochs does not divide an epoch (use 1/N: 0.5, 0.25, ...)")
+        if per_epoch > steps_per_epoch:
+            raise SpecError(
+                f"{where}: {per_epoch} snapshots per epoch but an epoch has only {steps_per_epoch} optimizer step(s); "
+                f"ask for fewer or use a smaller batch size"
+            )
+        return [e * steps_per_epoch + round(j * steps_per_epoch / per_epoch) for e in range(epochs) for j in range(1, per_epoch + 1)]
+    value, unit = schedule
+    interval = int(value) if unit == "steps" else None
+    if unit == "epochs":
+        if not value.is_integer():
+            raise SpecError(f"{where}: {value:g} epochs: use a whole number of epochs or 1/N of an epoch")
+        if epochs % int(value):
+            raise SpecError(f"{where}: every {value:g} epochs does not divide the run of {epochs} epochs (the last snapshot must end training)")
+        interval = int(value) * steps_per_epoch
+    if interval > total:
+        raise SpecError(f"{where}: every {value:g} {unit} is longer than the run ({total} steps, {epochs} epochs)")
+    if total % interval:
+        raise SpecError(f"{where}: every {interval} steps does not divide the run of {total} steps (the last snapshot must end training)")
+    return list(range(interval, total + 1, interval))
+
+
 @dataclass(frozen=True)
 class TrainSpec:
-    """One fine-tuning run (stage "train") or the task's head run (stage "head")."""
+    """One fine-tuning run (stage "train") or the task's head run (stage "head").
+
+    Fields added after the first stores were written default to None, which means the behaviour
+    before they existed (a snapshot per epoch, first-sub-token NER labels, questions cut to 64
+    tokens, fp32): old specs parse to the same run key. New specs name every setting."""
 
     experiment_uri: str
     task: str
@@ -161,14 +235,18 @@ class TrainSpec:
     batch_size: int
     seed: int
     epochs: int = 10
-    snapshots_per_epoch: int = 1
+    snapshots_per_epoch: Optional[int] = None  # the old schedule field; None with snapshot_every
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     max_length: int = 128
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: str = "fp32"  # fp16 (autocast + GradScaler) | bf16 (autocast) | fp32
     stage: str = "train"
     head: Optional[HeadRef] = None
+    snapshot_every: Optional[str] = None  # '1 epochs', '4 epochs', '0.5 epochs', '500 steps'
+    ner_labels: Optional[str] = None  # NER only: all-subtokens | first-subtoken (None: first-subtoken)
+    qa_questions: Optional[str] = None  # QA only: full | truncated (None: truncated)
+    freeze_word_embeddings: Optional[bool] = None  # a CPU saving; applied to every run of a grid alike
     # --- below: execution settings, not part of the run key ---
     micro_batch_size: Optional[int] = None  # gradient accumulation when smaller than batch_size
     eval_batch_size: int = 64
@@ -182,16 +260,28 @@ class TrainSpec:
         "snapshots_per_epoch", "warmup_ratio", "weight_decay", "max_grad_norm", "max_length",
         "precision", "stage",
     )
+    # Key fields added later: hashed only when set, so older specs keep their run keys.
+    LATER_KEY_FIELDS: typing.ClassVar[tuple[str, ...]] = (
+        "snapshot_every", "ner_labels", "qa_questions", "freeze_word_embeddings",
+    )
+
+    def __post_init__(self):
+        if self.snapshot_every is not None:  # one spelling per schedule, so one run key
+            object.__setattr__(self, "snapshot_every", canonical_snapshot_every(self.snapshot_every))
 
     def validate(self, where: str = "") -> None:
         p = f"{where}." if where else ""
         if self.stage not in ("train", "head"):
             raise SpecError(f"{p}stage: must be 'train' or 'head', got {self.stage!r}")
-        if not self.learning_rate > 0:
-            raise SpecError(f"{p}learning_rate: must be > 0, got {self.learning_rate}")
-        for name in ("batch_size", "epochs", "snapshots_per_epoch", "max_length", "eval_batch_size"):
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise SpecError(f"{p}learning_rate: must be a finite number > 0, got {self.learning_rate}")
+        for name in ("batch_size", "epochs", "max_length", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise SpecError(f"{p}{name}: must be >= 1, got {getattr(self, name)}")
+        if self.snapshots_per_epoch is not None and self.snapshots_per_epoch < 1:
+            raise SpecError(f"{p}snapshots_per_epoch: must be >= 1, got {self.snapshots_per_epoch}")
+        if self.snapshot_every is not None and self.snapshots_per_epoch is not None:
+            raise SpecError(f"{p}snapshot_every: set either snapshot_every or snapshots_per_epoch, not both")
         if self.micro_batch_size is not None and (
             self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size
         ):
@@ -200,16 +290,60 @@ class TrainSpec:
             )
         if not 0 <= self.warmup_ratio < 1:
             raise SpecError(f"{p}warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
-        if self.precision not in ("fp32", "bf16"):
-            raise SpecError(f"{p}precision: must be fp32 or bf16, got {self.precision!r}")
+        check_task_options(self, p)
         if self.stage == "head" and self.head is not None:
             raise SpecError(f"{p}head: a head run trains its own head; remove the head field")
+
+    @property
+    def schedule(self) -> tuple[float, str] | None:
+        return parse_snapshot_every(self.snapshot_every) if self.snapshot_every else None
+
+    def snapshot_steps(self, steps_per_epoch: int) -> list[int]:
+        return snapshot_steps(self.schedule, self.snapshots_per_epoch, self.epochs, steps_per_epoch)
+
+    def snapshot_count(self) -> int | None:
+        """Snapshots of the run when the schedule is in epochs (None for step schedules: the
+        number of steps depends on the data)."""
+        schedule = self.schedule
+        if schedule is None:
+            return self.epochs * (self.snapshots_per_epoch or 1)
+        value, unit = schedule
+        if unit == "steps":
+            return None
+        return round(self.epochs / value)
+
+    def task_options(self) -> dict:
+        return task_options(self)
 
     @property
     def run_key(self) -> str:
         fields = {name: _drop_none(to_dict(getattr(self, name))) for name in self.KEY_FIELDS}
         fields["head_sha256"] = self.head.sha256 if self.head else None
+        fields.update({name: getattr(self, name) for name in self.LATER_KEY_FIELDS if getattr(self, name) is not None})
         return short_hash(fields)
+
+
+def check_task_options(spec, p: str = "") -> None:
+    """precision, ner_labels and qa_questions of a train, evaluate or evaluation spec."""
+    precision = getattr(spec, "precision", None)
+    if precision is not None and precision not in PRECISIONS:
+        raise SpecError(f"{p}precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if spec.ner_labels is not None and spec.ner_labels not in NER_LABEL_SCHEMES:
+        raise SpecError(f"{p}ner_labels: must be one of {', '.join(NER_LABEL_SCHEMES)}, got {spec.ner_labels!r}")
+    if spec.qa_questions is not None and spec.qa_questions not in QA_QUESTION_MODES:
+        raise SpecError(f"{p}qa_questions: must be one of {', '.join(QA_QUESTION_MODES)}, got {spec.qa_questions!r}")
+
+
+def task_options(spec, task: str | None = None) -> dict:
+    """The task's encoding and scoring options of a spec (or a spec's dict), a missing field read
+    as the behaviour before it existed: `get_task(spec.task, **task_options(spec))`."""
+    get = spec.get if isinstance(spec, Mapping) else lambda name: getattr(spec, name, None)
+    task = task or get("task")
+    if task == "ner":
+        return {"label_scheme": get("ner_labels") or "first-subtoken"}
+    if task == "tydiqa":
+        return {"questions": get("qa_questions") or "truncated"}
+    return {}
 
 
 @dataclass(frozen=True)
@@ -224,6 +358,9 @@ class EvaluateSpec:
     targets: tuple[DatasetRef, ...]
     max_length: int = 128
     batch_size: int = 64
+    precision: Optional[str] = None  # autocast on a GPU as in training (None: fp32)
+    ner_labels: Optional[str] = None  # as TrainSpec (None: first-subtoken)
+    qa_questions: Optional[str] = None  # as TrainSpec (None: truncated)
     num_threads: Optional[int] = None
     deadline_seconds: Optional[int] = None
     version: int = SPEC_VERSION
@@ -231,6 +368,11 @@ class EvaluateSpec:
     def validate(self, where: str = "") -> None:
         if not self.refs:
             raise SpecError(f"{where + '.' if where else ''}refs: name at least one model reference")
+        check_task_options(self, f"{where}." if where else "")
+
+    def evaluation(self) -> "Evaluation":
+        return Evaluation(self.base_model, self.source_dev, self.targets, self.max_length, self.batch_size,
+                          self.precision, self.ner_labels, self.qa_questions)
 
 
 @dataclass(frozen=True)
@@ -243,6 +385,12 @@ class Evaluation:
     targets: tuple[DatasetRef, ...]
     max_length: int = 128
     batch_size: int = 64
+    precision: Optional[str] = None
+    ner_labels: Optional[str] = None
+    qa_questions: Optional[str] = None
+
+    def validate(self, where: str = "") -> None:
+        check_task_options(self, f"{where}." if where else "")
 
 
 AVERAGE_METHODS = ("ca", "r-last", "r-dev", "r-ca", "greedy", "uniform")  # plus soup-N for any N >= 1
@@ -254,7 +402,9 @@ def check_method(method: str, where: str = "methods") -> str:
         return method
     if method.startswith("soup-"):
         n = method[len("soup-"):]
-        if n.isdigit() and int(n) >= 1:
+        if n.isascii() and n.isdigit() and int(n) >= 1:
+            if n != str(int(n)):  # soup-05 would name other files and table columns than soup-5
+                raise SpecError(f"{where}: write {method!r} as 'soup-{int(n)}' (N without leading zeros)")
             return method
         raise SpecError(f"{where}: {method!r} needs a positive N, e.g. soup-5 (soup-0 would silently mean 'all')")
     raise SpecError(f"{where}: unknown averaging method {method!r}; known: {', '.join(AVERAGE_METHODS)}, soup-N")

@@ -18,7 +18,7 @@ import torch
 from jobs import layout
 from jobs.common import load_pretrained, log, progress, setup_torch
 from jobs.data.cache import encode_cached
-from jobs.errors import PermanentError
+from jobs.errors import PermanentError, SpecError
 from jobs.models import load_tokenizer
 from jobs.snapshots import WeightsCache, commit_model, read_manifest, save_state_dict
 from jobs.spec import TrainSpec, spec_to_json, to_dict
@@ -37,12 +37,25 @@ def committed_snapshots(store: ObjectStore, run_key: str) -> list[dict]:
 
 
 def snapshot_steps(spec: TrainSpec, steps_per_epoch: int) -> list[int]:
-    """Steps after which a snapshot is taken: `snapshots_per_epoch` evenly spaced per epoch."""
-    steps = []
-    for epoch in range(spec.epochs):
-        for j in range(1, spec.snapshots_per_epoch + 1):
-            steps.append(epoch * steps_per_epoch + round(j * steps_per_epoch / spec.snapshots_per_epoch))
-    return sorted(set(steps))
+    """Steps after which a snapshot is taken (the spec's schedule); a schedule the run cannot
+    give is a permanent error, raised before any training."""
+    try:
+        return spec.snapshot_steps(steps_per_epoch)
+    except SpecError as e:
+        raise PermanentError(f"{e} ({steps_per_epoch} steps per epoch at batch size {spec.batch_size})") from None
+
+
+def autocast(device: torch.device, precision: str | None):
+    """The mixed-precision context of a spec's precision: fp16 (the paper's "16-mixed") or bf16
+    autocast; fp32 (or None) runs without one."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision or "fp32")
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def eval_autocast(device: torch.device, precision: str | None):
+    """Autocast for scoring: the training precision on a GPU; fp32 on CPUs (CPU fp16 matmuls are
+    slow and scores there are for tests and small replications)."""
+    return autocast(device, precision if device.type == "cuda" else None)
 
 
 def _decay_groups(model, weight_decay: float):
@@ -82,7 +95,7 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
     if not store.exists(layout.run_spec_key(run_key)):
         store.put_bytes(layout.run_spec_key(run_key), spec_to_json(spec).encode())
 
-    task = get_task(spec.task)
+    task = get_task(spec.task, **spec.task_options())
     device = setup_torch(spec.num_threads)
     scratch = Path(scratch or tempfile.mkdtemp(prefix="xlt-train-"))
     cache = WeightsCache(store, scratch / "cache")
@@ -91,6 +104,8 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
     train_examples = task.load(spec.train_data)
     dev_examples = task.load(spec.dev_data)
     train_features = encode_cached(task, tokenizer, train_examples, spec.max_length)
+    steps_per_epoch = math.ceil(len(train_features) / spec.batch_size)
+    snap_steps = set(snapshot_steps(spec, steps_per_epoch))  # refuse an impossible schedule before training
     dev_features = encode_cached(task, tokenizer, dev_examples, spec.max_length)
 
     model = load_pretrained(task, spec.base_model)
@@ -98,19 +113,22 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
     if spec.head:
         load_head(store, spec, model, task, cache)
         head_sha = spec.head.sha256
+    if spec.freeze_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     model.to(device)
 
     from transformers import get_linear_schedule_with_warmup
 
     micro = spec.micro_batch_size or spec.batch_size
     accumulation = spec.batch_size // micro
-    steps_per_epoch = math.ceil(len(train_features) / spec.batch_size)
     total_steps = steps_per_epoch * spec.epochs
-    snap_steps = snapshot_steps(spec, steps_per_epoch)
     optimizer = torch.optim.AdamW(
         _decay_groups(model, spec.weight_decay), lr=spec.learning_rate, fused=True
     )  # fused: ~2x faster than the default on CPU and GPU
     scheduler = get_linear_schedule_with_warmup(optimizer, round(spec.warmup_ratio * total_steps), total_steps)
+
+    # fp16 needs loss scaling (Lightning's "16-mixed" uses torch's GradScaler); bf16 and fp32 don't
+    scaler = torch.amp.GradScaler(device.type, enabled=spec.precision == "fp16")
 
     # ---- resume from the last committed snapshot ----
     done = committed_snapshots(store, run_key)
@@ -128,6 +146,8 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
         state = torch.load(cache.path(ref, last, layout.TRAINER_STATE), map_location=device, weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         step = last["step"]
         if store.exists(layout.curve_key(run_key)):
             curve = [r for r in pd.read_parquet(io.BytesIO(store.get_bytes(layout.curve_key(run_key)))).to_dict("records") if r["step"] <= step]
@@ -136,7 +156,7 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
         log.info("resuming run %s at step %d (%d snapshots committed)", run_key, step, len(done))
 
     torch.manual_seed(spec.seed)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.precision == "bf16")
+    mixed = autocast(device, spec.precision)
     bar = progress(total=total_steps, initial=step, desc=f"train {run_key[:8]}", unit="step")
     t0, seen = time.perf_counter(), 0
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -150,12 +170,14 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
             for start in range(0, len(indices), micro):
                 part = indices[start : start + micro]
                 batch = {k: v.to(device) for k, v in _pad([train_features[i] for i in part], tokenizer).items()}
-                with autocast:
+                with mixed:
                     loss = model(**batch).loss * (len(part) / len(indices))
-                loss.backward()
+                scaler.scale(loss).backward()
                 loss_total += loss.item()
+            scaler.unscale_(optimizer)  # clip the true gradients (a no-op without fp16)
             torch.nn.utils.clip_grad_norm_(trainable, spec.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)  # skipped when fp16 gradients overflowed, as in Lightning
+            scaler.update()
             scheduler.step()
             step += 1
             seen += len(indices)
@@ -165,10 +187,11 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
                 curve.append({"step": step, "epoch": epoch, "loss": loss_total, "learning_rate": scheduler.get_last_lr()[0], "examples_per_s": seen / elapsed if elapsed else 0.0})
                 bar.set_postfix(loss=f"{loss_total:.3f}")
             if step in snap_steps:
-                dev = task.score(model, tokenizer, dev_examples, dev_features, spec.eval_batch_size)
+                with eval_autocast(device, spec.precision):
+                    dev = task.score(model, tokenizer, dev_examples, dev_features, spec.eval_batch_size)
                 state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
                 run_sum = _add_to_sum(run_sum, state)
-                _commit_snapshot(store, spec, run_key, step, epoch, dev, head_sha, state, optimizer, scheduler, scratch, done)
+                _commit_snapshot(store, spec, run_key, step, epoch, step / steps_per_epoch, dev, head_sha, state, optimizer, scheduler, scaler, scratch, done)
                 store.put_bytes(layout.curve_key(run_key), _parquet(curve))
                 log.info("run %s step %d/%d: English dev %s %.4f", run_key, step, total_steps, task.metric, dev)
             if step >= total_steps:
@@ -214,12 +237,13 @@ def _parquet(rows: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
-def _commit_snapshot(store, spec, run_key, step, epoch, dev, head_sha, state, optimizer, scheduler, scratch, done):
+def _commit_snapshot(store, spec, run_key, step, epoch, epochs_done, dev, head_sha, state, optimizer, scheduler, scaler, scratch, done):
     ref = layout.snapshot_ref(run_key, step)
     weights = scratch / "snapshot.safetensors"
     trainer = scratch / "trainer.pt"
     save_state_dict(state, weights)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}, trainer)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None}, trainer)
     manifest = commit_model(
         store,
         ref,
@@ -228,7 +252,8 @@ def _commit_snapshot(store, spec, run_key, step, epoch, dev, head_sha, state, op
             "kind": "snapshot",
             "run_key": run_key,
             "step": step,
-            "epoch": epoch,
+            "epoch": epoch,  # 0-based index of the epoch the step is in
+            "epochs_done": epochs_done,  # training progress in epochs (4.0: the end of epoch 4)
             "dev_score": dev,
             "dev_metric": get_task(spec.task).metric,
             "dev_set": spec.dev_data.label,

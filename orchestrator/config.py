@@ -15,7 +15,18 @@ import yaml
 
 from jobs.data import registry
 from jobs.data.errors import DataError
-from jobs.spec import OUTPUT_DTYPES, DatasetRef, SpecError, check_method, from_mapping, to_dict
+from jobs.spec import (
+    NER_LABEL_SCHEMES,
+    OUTPUT_DTYPES,
+    PRECISIONS,
+    QA_QUESTION_MODES,
+    DatasetRef,
+    SpecError,
+    canonical_snapshot_every,
+    check_method,
+    from_mapping,
+    to_dict,
+)
 
 PAPER_LEARNING_RATES = (1e-6, 5e-6, 1e-5, 1.5e-5, 2e-5, 2.5e-5, 3e-5)
 PAPER_BATCH_SIZES = (16, 32, 64)
@@ -150,23 +161,67 @@ class DrawSettings:
             raise SpecError(f"{where}: count and runs_per_draw must be >= 1")
 
 
+# The paper's schedule per task (trident-xtreme configs/experiment/ofa-*.yaml): NLI and NER train
+# 10 epochs with a snapshot per epoch, TyDiQA 40 epochs with a snapshot every 4 epochs.
+DEFAULT_EPOCHS = {"nli": 10, "ner": 10, "tydiqa": 40}
+DEFAULT_SNAPSHOT_EVERY = {"nli": "1 epochs", "ner": "1 epochs", "tydiqa": "4 epochs"}
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
+    """Every setting of an experiment; None fields take the task's paper default on creation.
+
+    The paper's choices are the defaults (docs/fidelity.md): fp16 mixed precision, NER labels on
+    every sub-token, whole QA questions, the per-task schedule above."""
+
     task: str
     base_model: str
     data: DataSettings
     grid: Grid = field(default_factory=Grid)
-    epochs: int = 10
-    snapshots_per_epoch: int = 1
+    epochs: Optional[int] = None  # None: 10 (NLI, NER) or 40 (TyDiQA)
+    # one of the two: 'N epochs' / '0.5 epochs' / 'N steps' (default per task), or the older
+    # snapshots_per_epoch (N evenly spaced per epoch)
+    snapshot_every: Optional[str] = None
+    snapshots_per_epoch: Optional[int] = None
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     max_length: int = 128
-    precision: str = "fp32"
+    precision: str = "fp16"  # the paper's "16-mixed"; bf16 | fp32 (CPUs: fp32)
+    ner_labels: str = "all-subtokens"  # | first-subtoken (XTREME)
+    qa_questions: str = "full"  # | truncated (questions cut to 64 tokens)
+    freeze_word_embeddings: bool = False  # a CPU saving for small-scale replications
     micro_batch_size: Optional[int] = None
     eval_batch_size: int = 64
     head: HeadSettings = field(default_factory=HeadSettings)
     draws: DrawSettings = field(default_factory=DrawSettings)
+
+    def __post_init__(self):
+        if self.epochs is None:
+            object.__setattr__(self, "epochs", DEFAULT_EPOCHS.get(self.task, 10))
+        if self.snapshot_every is None and self.snapshots_per_epoch is None:
+            object.__setattr__(self, "snapshot_every", DEFAULT_SNAPSHOT_EVERY.get(self.task, "1 epochs"))
+        if self.snapshot_every is not None:
+            object.__setattr__(self, "snapshot_every", canonical_snapshot_every(self.snapshot_every))
+
+    def validate(self, where: str = "") -> None:
+        p = f"{where}." if where else ""
+        if self.snapshot_every is not None and self.snapshots_per_epoch is not None:
+            raise SpecError(f"{p}snapshot_every: set either snapshot_every or snapshots_per_epoch, not both")
+        if self.precision not in PRECISIONS:
+            raise SpecError(f"{p}precision: must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.ner_labels not in NER_LABEL_SCHEMES:
+            raise SpecError(f"{p}ner_labels: must be one of {', '.join(NER_LABEL_SCHEMES)}, got {self.ner_labels!r}")
+        if self.qa_questions not in QA_QUESTION_MODES:
+            raise SpecError(f"{p}qa_questions: must be one of {', '.join(QA_QUESTION_MODES)}, got {self.qa_questions!r}")
+
+    def task_fields(self) -> dict:
+        """The task's own options as spec fields (only the task's: other tasks' keys stay unchanged)."""
+        if self.task == "ner":
+            return {"ner_labels": self.ner_labels}
+        if self.task == "tydiqa":
+            return {"qa_questions": self.qa_questions}
+        return {}
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -303,6 +358,47 @@ def check_data(task: str, data: DataSettings) -> None:
             raise SpecError(f"{where}: {e}") from None
 
 
+def check_schedule(cfg: "ExperimentConfig") -> None:
+    """The snapshot schedule against every batch size, as soon as the data size is known: here for
+    local NLI/NER training files (one example is one feature); otherwise the train job checks it
+    before it trains (a permanent error)."""
+    from jobs.spec import parse_snapshot_every, snapshot_steps
+
+    if cfg.epochs < 1:
+        raise SpecError(f"epochs: must be >= 1, got {cfg.epochs}")
+    schedule = parse_snapshot_every(cfg.snapshot_every) if cfg.snapshot_every else None
+    train = cfg.data.train
+    if cfg.task not in ("nli", "ner") or not train.path:
+        return
+    from jobs.data.loading import load_examples
+
+    try:
+        n = len(load_examples(cfg.task, train))
+    except DataError as e:
+        raise SpecError(f"data.train: {e}") from None
+    sizes = sorted({*cfg.grid.batch_sizes, *([cfg.head.batch_size] if cfg.head.enabled else [])})
+    for batch_size in sizes:
+        steps = -(-n // batch_size)
+        try:
+            snapshot_steps(schedule, cfg.snapshots_per_epoch, cfg.epochs, steps)
+        except SpecError as e:
+            raise SpecError(f"{e} ({n} training examples at batch size {batch_size})") from None
+
+
+def check_numbers(cfg: "ExperimentConfig") -> None:
+    """Learning rates finite and > 0, batch sizes >= 1 (grid and head), before any job starts."""
+    import math
+
+    for where, lr in [*((f"grid.learning_rates[{i}]", v) for i, v in enumerate(cfg.grid.learning_rates)), ("head.learning_rate", cfg.head.learning_rate)]:
+        if not (math.isfinite(lr) and lr > 0):
+            raise SpecError(f"{where}: must be a finite number > 0, got {lr}")
+    for where, bs in [*((f"grid.batch_sizes[{i}]", v) for i, v in enumerate(cfg.grid.batch_sizes)), ("head.batch_size", cfg.head.batch_size), ("eval_batch_size", cfg.eval_batch_size)]:
+        if bs < 1:
+            raise SpecError(f"{where}: must be >= 1, got {bs}")
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise SpecError(f"warmup_ratio: must be in [0, 1), got {cfg.warmup_ratio}")
+
+
 def load_config(
     path: str | Path | None,
     overrides: dict[str, Any],
@@ -338,11 +434,14 @@ def load_config(
     try:
         cfg = from_mapping(ExperimentConfig, data, "")
         check_data(cfg.task, cfg.data)
+        check_numbers(cfg)
         check_micro_batch(cfg)
         cfg = select_targets(cfg, tuple(targets))
+        cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data, data_root))
+        check_schedule(cfg)
     except SpecError as e:
         raise SpecError(f"{where}: {e}") from None
-    return dataclasses.replace(cfg, data=resolve_data(cfg.data, data_root))
+    return cfg
 
 
 def config_fields() -> list[str]:

@@ -154,7 +154,7 @@ def recipe(store: ObjectStore, ref: str, manifest: dict | None = None) -> dict:
     for run in runs:
         snapshot_scores.update({s["ref"]: s["dev_score"] for s in run["snapshots"]})
     constituents = manifest.get("constituents") or [{"ref": manifest["ref"], "sha256": manifest["sha256"]}]
-    training = {k: spec.get(k) for k in ("epochs", "snapshots_per_epoch", "warmup_ratio", "weight_decay", "max_grad_norm", "max_length", "precision")}
+    training = {k: spec.get(k) for k in ("epochs", "snapshot_every", "snapshots_per_epoch", "ner_labels", "qa_questions", "warmup_ratio", "weight_decay", "max_grad_norm", "max_length", "precision")}
     training["train_data"] = spec.get("train_data")
     training["frozen_head"] = (spec.get("head") or {}).get("ref")
     return {

@@ -400,7 +400,7 @@ def plan_cost(requests: list[JobRequest], settings: ClusterSettings, base_model:
         if size is None:
             cost.snapshot_bytes = None
         elif cost.snapshot_bytes is not None and r.kind == "train":
-            cost.snapshot_bytes += size * (spec.epochs * spec.snapshots_per_epoch + 1)  # + the fp32 run-sum
+            cost.snapshot_bytes += size * ((spec.snapshot_count() or spec.epochs) + 1)  # + the fp32 run-sum; step schedules: a guess
         elif cost.snapshot_bytes is not None and spec.keep_averages:
             k = len(spec.run_keys)
             models = k if spec.methods == ("ca",) else len(spec.methods) * k if spec.draw_seed is not None else 1

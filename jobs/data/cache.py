@@ -1,6 +1,7 @@
 """A local on-disk cache of tokenised datasets, so the many evaluation jobs tokenise each set once.
 
-The key hashes the task and its encoder version, the tokenizer (its serialised vocabulary and
+The key hashes the task and its feature tag (encoder version and every option that changes the
+features: NER label scheme, QA question mode), the tokenizer (its serialised vocabulary and
 rules), the maximum length and the examples themselves (a content fingerprint: a changed file,
 Hub revision or synthetic generator gives a new key, a renamed file does not). Entries live
 under $XLT_CACHE_DIR/features/ and are written atomically; a corrupt entry is re-made.
@@ -51,7 +52,8 @@ def cache_dir() -> Path:
 
 
 def feature_key(task, tokenizer, examples: Sequence[dict], max_length: int) -> str:
-    parts = [task.name, getattr(task, "encode_version", "1"), tokenizer_fingerprint(tokenizer), str(max_length),
+    tag = getattr(task, "feature_tag", None) or getattr(task, "encode_version", "1")
+    parts = [task.name, tag, tokenizer_fingerprint(tokenizer), str(max_length),
              examples_fingerprint(examples)]
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:32]
 

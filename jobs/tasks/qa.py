@@ -4,9 +4,18 @@ valid span over all windows of a question, SQuAD v1.1 F1 (primary) and exact mat
 Windows: max_length tokens (384 in the paper) with `stride` tokens of overlap (128 in the paper;
 smaller for short models, see `window_settings`). A training window that does not hold the whole
 answer points both targets at the CLS token (position 0).
+
+Questions (`TrainSpec.qa_questions`): `full` (default, the paper's code) keeps every question
+whole and windows only the context (`truncation="only_second"`). A question so long that a
+window would have no room for `stride + 1` context tokens cannot be windowed at all (the Hugging
+Face tokenizer refuses it; the paper's code would stop there): such a question, and only such a
+question, is cut to the longest length that leaves that room, and the job logs how many were
+cut. `truncated` cuts every question to 64 tokens (at 384; see `window_settings`) first, as this
+project did before.
 """
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -17,7 +26,9 @@ from jobs.tasks.base import predict
 from jobs.tasks.metrics import squad_scores
 
 N_BEST = 20  # start and end candidates per window
+QUESTION_MODES = ("full", "truncated")
 MAX_ANSWER_TOKENS = 30
+log = logging.getLogger("jobs")
 
 
 def window_settings(max_length: int) -> tuple[int, int]:
@@ -34,6 +45,20 @@ class QATask:
     labels = ()
     head_prefixes = ("qa_outputs.",)
     encode_version = "qa-1"
+
+    def __init__(self, questions: str = "full"):
+        if questions not in QUESTION_MODES:
+            raise ValueError(f"QA question mode must be one of {', '.join(QUESTION_MODES)}, got {questions!r}")
+        self.questions = questions
+
+    @property
+    def feature_tag(self) -> str:
+        """Everything that changes the features (part of the feature-cache key)."""
+        return f"{self.encode_version}/questions-{self.questions}"
+
+    @property
+    def options(self) -> dict:
+        return {"questions": self.questions}
 
     def model_class(self):
         from transformers import AutoModelForQuestionAnswering
@@ -52,7 +77,15 @@ class QATask:
 
             raise PermanentError("extractive QA needs a fast tokenizer (offset mappings)")
         max_query, stride = window_settings(max_length)
-        questions = _truncate_questions(tokenizer, [e["question"].lstrip() for e in examples], max_query)
+        questions = [e["question"].lstrip() for e in examples]
+        if self.questions == "truncated":
+            questions = _truncate_questions(tokenizer, questions, max_query)
+        else:  # only questions that leave no room for a window: <s> q </s></s> context(stride + 1) </s>
+            cut = _truncate_questions(tokenizer, questions, max_length - 4 - stride - 1)
+            n_cut = sum(a != b for a, b in zip(cut, questions))
+            if n_cut:
+                log.warning("%d of %d questions are too long for a %d-token window with stride %d; cut to fit", n_cut, len(questions), max_length, stride)
+            questions = cut
         enc = tokenizer(
             questions,
             [e["context"] for e in examples],

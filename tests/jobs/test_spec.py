@@ -53,7 +53,7 @@ def test_run_key_is_the_hash_of_canonical_json_with_repr_floats():
 @pytest.mark.parametrize("data, message", [
     ({k: v for k, v in BASE.items() if k != "seed"}, "seed: missing required field"),
     (dict(BASE, batch_size="32"), "batch_size: expected an integer"),
-    (dict(BASE, learning_rate=-1.0), "learning_rate: must be > 0"),
+    (dict(BASE, learning_rate=-1.0), "learning_rate: must be a finite number > 0"),
     (dict(BASE, colour="red"), "unknown field(s) colour"),
     (dict(BASE, train_data={"dataset": "x"}), "train_data.language: missing required field"),
     (dict(BASE, micro_batch_size=5), "micro_batch_size: must divide batch_size 32"),
