@@ -367,6 +367,8 @@ def check_schedule(cfg: "ExperimentConfig") -> None:
     if cfg.epochs < 1:
         raise SpecError(f"epochs: must be >= 1, got {cfg.epochs}")
     schedule = parse_snapshot_every(cfg.snapshot_every) if cfg.snapshot_every else None
+    if schedule is None or schedule[1] == "epochs":  # whole-epoch intervals need no data size
+        snapshot_steps(schedule, cfg.snapshots_per_epoch, cfg.epochs, 1 << 30)
     train = cfg.data.train
     if cfg.task not in ("nli", "ner") or not train.path:
         return
