@@ -10,6 +10,7 @@ import re
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 TRAINER_STATE = "trainer.pt"
+CURVE_PART = "curve.parquet"  # the training curve up to a snapshot, committed with it
 
 _STEP = re.compile(r"^runs/([0-9a-f]{16})/snapshots/(\d{8})$")
 

@@ -1,16 +1,29 @@
 """The train job: fine-tune one run, commit a snapshot (and the English dev score) periodically.
 
 Run it as `python -m jobs train --spec spec.json`. A restarted job resumes from its last
-committed snapshot (weights, optimizer, scheduler, step); a finished run is skipped.
+committed snapshot: weights, optimizer, scheduler, gradient scaler, every random number
+generator (torch CPU and CUDA, Python, NumPy) and the step (the batch order is a function of
+(seed, epoch)), so on the same hardware a resumed run ends bit-identical to an uninterrupted
+one. The training curve up to a snapshot is committed with that snapshot. A finished run is
+skipped.
+
+Fault injection for tests: `XLT_FAULT=<point>:<n>` kills the process (SIGKILL) the n-th time
+it reaches `<point>` (see `_fault`): mid-epoch, inside a snapshot commit, between a snapshot's
+weights and its manifest, before the run-sum or the completion marker.
 """
 from __future__ import annotations
 
 import io
 import json
 import math
+import os
+import random
+import signal
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 import pandas as pd
 import torch
@@ -56,6 +69,40 @@ def eval_autocast(device: torch.device, precision: str | None):
     """Autocast for scoring: the training precision on a GPU; fp32 on CPUs (CPU fp16 matmuls are
     slow and scores there are for tests and small replications)."""
     return autocast(device, precision if device.type == "cuda" else None)
+
+
+_fault_counts: dict[str, int] = {}
+
+
+def _fault(point: str) -> None:
+    """Kill this process at a named point when XLT_FAULT says so (tests of what survives a kill)."""
+    wanted = os.environ.get("XLT_FAULT")
+    if not wanted:
+        return
+    name, _, count = wanted.partition(":")
+    if name != point:
+        return
+    _fault_counts[point] = _fault_counts.get(point, 0) + 1
+    if _fault_counts[point] == int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every random number generator the run may draw from (dropout uses torch's)."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
 
 
 def _decay_groups(model, weight_decay: float):
@@ -149,13 +196,22 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step = last["step"]
-        if store.exists(layout.curve_key(run_key)):
-            curve = [r for r in pd.read_parquet(io.BytesIO(store.get_bytes(layout.curve_key(run_key)))).to_dict("records") if r["step"] <= step]
+        curve_source = f"{ref}/{layout.CURVE_PART}" if layout.CURVE_PART in last.get("extra_files", {}) else layout.curve_key(run_key)
+        if store.exists(curve_source):  # the snapshot's own part: what was committed with it
+            curve = [r for r in pd.read_parquet(io.BytesIO(store.get_bytes(curve_source))).to_dict("records") if r["step"] <= step]
         for m in done:  # rebuild the running sum from what is committed
             run_sum = _add_to_sum(run_sum, load_file(str(cache.path(m["ref"], m))))
+        resume_rng = state.get("rng")
         log.info("resuming run %s at step %d (%d snapshots committed)", run_key, step, len(done))
+    else:
+        resume_rng = None
 
-    torch.manual_seed(spec.seed)
+    if resume_rng is not None:
+        set_rng_state(resume_rng, device)
+    else:
+        if done:  # a trainer state written before RNG states were saved
+            log.warning("run %s: the trainer state has no RNG state; later snapshots will differ from an uninterrupted run", run_key)
+        torch.manual_seed(spec.seed)
     mixed = autocast(device, spec.precision)
     bar = progress(total=total_steps, initial=step, desc=f"train {run_key[:8]}", unit="step")
     t0, seen = time.perf_counter(), 0
@@ -182,6 +238,7 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
             step += 1
             seen += len(indices)
             bar.update(1)
+            _fault("step")
             if step % 10 == 0 or step in snap_steps:
                 elapsed = time.perf_counter() - t0
                 curve.append({"step": step, "epoch": epoch, "loss": loss_total, "learning_rate": scheduler.get_last_lr()[0], "examples_per_s": seen / elapsed if elapsed else 0.0})
@@ -191,7 +248,9 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
                     dev = task.score(model, tokenizer, dev_examples, dev_features, spec.eval_batch_size)
                 state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
                 run_sum = _add_to_sum(run_sum, state)
-                _commit_snapshot(store, spec, run_key, step, epoch, step / steps_per_epoch, dev, head_sha, state, optimizer, scheduler, scaler, scratch, done)
+                _commit_snapshot(store, spec, run_key, step, epoch, step / steps_per_epoch, dev, head_sha, state, optimizer,
+                                 scheduler, scaler, rng_state(device), curve, scratch, done)
+                _fault("after-snapshot")
                 store.put_bytes(layout.curve_key(run_key), _parquet(curve))
                 log.info("run %s step %d/%d: English dev %s %.4f", run_key, step, total_steps, task.metric, dev)
             if step >= total_steps:
@@ -199,9 +258,12 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
     bar.close()
 
     snapshots = committed_snapshots(store, run_key)
+    _fault("before-run-sum")
     _commit_run_sum(store, spec, run_key, run_sum, snapshots, head_sha, scratch)
     if spec.stage == "head":
         _commit_head(store, spec, run_key, model, task, scratch)
+    store.put_bytes(layout.curve_key(run_key), _parquet(curve))  # also after a resume that had nothing left to train
+    _fault("before-complete")
     store.put_bytes(
         layout.run_complete_key(run_key),
         json.dumps({"run_key": run_key, "snapshots": [m["ref"] for m in snapshots], "spec": to_dict(spec)}, indent=1).encode(),
@@ -237,13 +299,17 @@ def _parquet(rows: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
-def _commit_snapshot(store, spec, run_key, step, epoch, epochs_done, dev, head_sha, state, optimizer, scheduler, scaler, scratch, done):
+def _commit_snapshot(store, spec, run_key, step, epoch, epochs_done, dev, head_sha, state, optimizer, scheduler, scaler,
+                     rng, curve, scratch, done):
     ref = layout.snapshot_ref(run_key, step)
     weights = scratch / "snapshot.safetensors"
     trainer = scratch / "trainer.pt"
+    curve_part = scratch / layout.CURVE_PART
     save_state_dict(state, weights)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None}, trainer)
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": rng}, trainer)
+    curve_part.write_bytes(_parquet(curve))
+    _fault("in-snapshot")
     manifest = commit_model(
         store,
         ref,
@@ -260,7 +326,7 @@ def _commit_snapshot(store, spec, run_key, step, epoch, epochs_done, dev, head_s
             "head_sha256": head_sha,
             "spec": to_dict(spec),
         },
-        extra_files={layout.TRAINER_STATE: str(trainer)},
+        extra_files={layout.TRAINER_STATE: str(trainer), layout.CURVE_PART: str(curve_part)},
     )
     # only the newest trainer state is needed to resume: drop the older ones
     for old in done:
