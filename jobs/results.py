@@ -40,7 +40,15 @@ COLUMNS: dict[str, str] = {
     "metric": "string",
     "value": "Float64",
     "n_examples": "Int64",
+    # NER label scheme the scores were computed with (all-subtokens | first-subtoken); null for
+    # other tasks. Results written before the column existed read as null (first-subtoken).
+    "label_scheme": "string",
+    # snapshots averaged into the model (its manifest's count: a soup-N over runs holding fewer
+    # than N snapshots says so here); null for snapshots and in results written before the column
+    "n_snapshots": "Int64",
 }
+# columns added after the first results were written: an older file lacks them (read as null)
+OPTIONAL_COLUMNS: tuple[str, ...] = ("label_scheme", "n_snapshots")
 
 
 def results_frame(rows: Iterable[Mapping]) -> pd.DataFrame:
@@ -60,4 +68,10 @@ def to_parquet_bytes(frame: pd.DataFrame) -> bytes:
 
 
 def from_parquet_bytes(data: bytes) -> pd.DataFrame:
-    return pd.read_parquet(io.BytesIO(data)).astype(COLUMNS)
+    """A results file as a frame with every contract column (a column added after the file was
+    written reads as null)."""
+    frame = pd.read_parquet(io.BytesIO(data))
+    for column in COLUMNS:
+        if column not in frame:
+            frame[column] = None
+    return frame.astype(COLUMNS)

@@ -40,6 +40,9 @@ def _train_spec(cfg: ExperimentConfig, uri: str, lr: float, bs: int, seed: int, 
         seed=seed,
         epochs=cfg.epochs,
         snapshots_per_epoch=cfg.snapshots_per_epoch,
+        snapshot_every=cfg.snapshot_every,
+        freeze_word_embeddings=cfg.freeze_word_embeddings or None,
+        **cfg.task_fields(),
         warmup_ratio=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
@@ -135,6 +138,8 @@ def evaluate_requests(cfg: ExperimentConfig, store: ObjectStore, uri: str, refs:
             targets=targets,
             max_length=cfg.max_length,
             batch_size=cfg.eval_batch_size,
+            precision=cfg.precision,
+            **cfg.task_fields(),
         )
         from jobs.spec import short_hash
 
@@ -144,6 +149,69 @@ def evaluate_requests(cfg: ExperimentConfig, store: ObjectStore, uri: str, refs:
 
 def make_draws(cfg: ExperimentConfig, runs: list[RunInfo]) -> list[Draw]:
     return [draw_runs(runs, seed, cfg.draws.runs_per_draw) for seed in range(cfg.draws.count)]
+
+
+def record_draws(store: ObjectStore, draws: list[Draw], methods: tuple[str, ...]) -> list[Draw]:
+    """Record the draws the average stage is about to average (`draws/s<seed>-<hash>.json`): from
+    how many finished runs each was drawn, when, and its methods (merged into an earlier record of
+    the same draw). These records, not later flags, say what `evaluate --averages` and `tables` read."""
+    from jobs.draws import utc_now, write_record
+
+    now = utc_now()
+    return [Draw.from_dict(write_record(store, draw.recorded(methods, now))) for draw in draws]
+
+
+def recorded_average_refs(store: ObjectStore, runs: list[RunInfo]) -> list[str]:
+    """Every stored averaged model the average stage made: the CA of each run (finished, or in a
+    recorded draw) and every average under every recorded draw, whatever --draws, --runs-per-draw
+    or --methods say now. Only committed models (a manifest exists)."""
+    from jobs.draws import read_records
+
+    draws = read_records(store)
+    run_keys = dict.fromkeys([r.run_key for r in runs] + [key for d in draws for key in d.run_keys])
+    refs = [layout.run_average_ref(key) for key in run_keys if store.exists(layout.manifest_key(layout.run_average_ref(key)))]
+    recorded = {d.name for d in draws}
+    suffix = "/" + layout.MANIFEST
+    for key in sorted(store.list_keys("averages/")):
+        parts = key.split("/")
+        if key.endswith(suffix) and len(parts) > 3 and parts[1] in recorded:
+            refs.append(key[: -len(suffix)])
+    return refs
+
+
+def soup_shortfalls(store: ObjectStore, draws: list[Draw], methods: tuple[str, ...]) -> list[str]:
+    """Soup-N checks before averaging: a DrawError when N exceeds the snapshots of all K runs of a
+    draw; else one line per soup-N and draw whose first k runs hold fewer than N snapshots for some
+    k (that average holds them all, and its manifest and results say how many)."""
+    from jobs.draws import DrawError
+
+    soups = [(m, int(m.split("-", 1)[1])) for m in methods if m.startswith("soup-")]
+    if not soups:
+        return []
+    counts: dict[str, int] = {}
+    short: dict[str, dict[int, list[int]]] = {}
+    for draw in draws:
+        per_run = [counts.setdefault(key, len(snapshot_refs(store, key))) for key in draw.run_keys]
+        total = sum(per_run)
+        for method, n in soups:
+            if n > total:
+                raise DrawError(
+                    f"{method} needs {n} snapshots but draw seed {draw.seed}'s {draw.k} runs hold only {total}: "
+                    f"lower N, or raise --runs-per-draw"
+                )
+            for k in range(1, draw.k + 1):
+                if sum(per_run[:k]) < n:
+                    short.setdefault(method, {}).setdefault(k, []).append(sum(per_run[:k]))
+    return [f"{method}: the first k runs hold fewer than {n} snapshots at {_held(short[method])}; those averages hold them all"
+            for method, n in soups if method in short]
+
+
+def _held(by_k: dict[int, list[int]]) -> str:
+    """`k=1 (3 snapshots), k=2 (5-6 snapshots)`."""
+    def span(counts: list[int]) -> str:
+        return str(min(counts)) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+
+    return ", ".join(f"k={k} ({span(c)} snapshots)" for k, c in sorted(by_k.items()))
 
 
 def average_requests(cfg: ExperimentConfig, uri: str, runs: list[RunInfo], draws: list[Draw]) -> list[JobRequest]:
@@ -160,6 +228,8 @@ def average_requests(cfg: ExperimentConfig, uri: str, runs: list[RunInfo], draws
             targets=tuple(ref for t in cfg.data.targets for ref in t.refs()),
             max_length=cfg.max_length,
             batch_size=cfg.eval_batch_size,
+            precision=cfg.precision,
+            **cfg.task_fields(),
         )
     common = dict(experiment_uri=uri, task=cfg.task, output_dtype=d.output_dtype, evaluate=evaluation, keep_averages=d.keep_averages)
     out = []

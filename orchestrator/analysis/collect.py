@@ -7,7 +7,6 @@ cache is not read again: re-running the tables reads only new results.
 from __future__ import annotations
 
 import io
-import json
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -18,11 +17,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.draws import Draw
-from jobs.results import COLUMNS, results_frame
+from jobs.draws import Draw, read_records
+from jobs.results import COLUMNS, OPTIONAL_COLUMNS, results_frame
 
 RESULTS_PREFIX = "results/"
-DRAWS_PREFIX = "draws/"
+_ARROW_TYPES = {"string": pa.string(), "Int64": pa.int64(), "Float64": pa.float64()}
 WORKERS = 16  # object stores answer many small reads in parallel far faster than one by one
 
 
@@ -87,9 +86,12 @@ def collect_results(
             table = pq.read_table(io.BytesIO(blobs[key]))
         except (pa.ArrowException, OSError) as error:  # a corrupt or foreign file: name it
             raise ValueError(f"results file {key} is not a readable results parquet: {error}") from error
-        missing = [c for c in COLUMNS if c not in table.column_names]
+        missing = [c for c in COLUMNS if c not in table.column_names and c not in OPTIONAL_COLUMNS]
         if missing:
             raise ValueError(f"results file {key} lacks columns {missing} (see jobs/results.py)")
+        for column in OPTIONAL_COLUMNS:  # a file written before the column existed: null there
+            if column not in table.column_names:
+                table = table.append_column(column, pa.nulls(table.num_rows, _ARROW_TYPES[COLUMNS[column]]))
         if table.num_rows:
             tables.append(table.select(list(COLUMNS)))
     if not tables:
@@ -99,15 +101,8 @@ def collect_results(
 
 
 def collect_draws(store: ResultsStore) -> list[Draw]:
-    """Every recorded draw (`draws/*.json`, each `Draw.to_dict()`), sorted by seed."""
-    keys = sorted(k for k in store.list_keys(DRAWS_PREFIX) if k.endswith(".json"))
-    draws = []
-    for key in keys:
-        try:
-            draws.append(Draw.from_dict(json.loads(store.get_bytes(key))))
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"draw record {key} is malformed: {error}") from error
-    seeds = [d.seed for d in draws]
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"several draw records share a seed: {sorted(seeds)}")
-    return sorted(draws, key=lambda d: d.seed)
+    """Every recorded draw (`draws/*.json`, each `Draw.to_dict()`), sorted by seed, then K.
+
+    A seed may have several records (another K, or re-drawn after more runs finished):
+    `jobs.draws.choose_records` (called by `build_inputs`) picks one per seed for the tables."""
+    return read_records(store)

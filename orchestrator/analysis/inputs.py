@@ -42,6 +42,9 @@ class AnalysisInputs:
     draws: draw seed -> ordered run keys (prefix k = the first k runs).
     runs: each run's hyperparameters.
     incomplete: human-readable notes on missing results found while building the inputs.
+    info: lines that are not missing results but say what the tables rest on (which draw
+    records were used, soups that averaged fewer than N snapshots); printed under the tables.
+    `averaged` may also hold `n_snapshots` (snapshots in each averaged model; null if unknown).
     """
 
     variant_scores: pd.DataFrame
@@ -50,6 +53,7 @@ class AnalysisInputs:
     draws: Mapping[int, tuple[str, ...]]
     runs: pd.DataFrame
     incomplete: tuple[str, ...] = field(default=())
+    info: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         for name, columns in (

@@ -41,7 +41,8 @@ def _flat(table: Table) -> tuple[list[str], list[list[str]]]:
 
 
 def render(table: Table, fmt: str, notes: bool = True) -> str:
-    """The table in one of FORMATS; its notes on missing results follow it (never in csv) unless notes=False."""
+    """The table in one of FORMATS; its info lines (draw records used, short soups) and its notes on
+    missing results follow it (never in csv); notes=False leaves out the notes, not the info."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}")
     if not notes:
@@ -50,9 +51,10 @@ def render(table: Table, fmt: str, notes: bool = True) -> str:
 
 
 def _notes(table: Table, prefix: str) -> str:
-    if not table.notes:
+    lines = [f"{prefix}note: {line}" for line in table.info] + [f"{prefix}incomplete: {note}" for note in table.notes]
+    if not lines:
         return ""
-    return "\n" + "\n".join(f"{prefix}incomplete: {note}" for note in table.notes) + "\n"
+    return "\n" + "\n".join(lines) + "\n"
 
 
 def _text(table: Table) -> str:

@@ -74,6 +74,9 @@ _SOUP = re.compile(r"soup-([1-9][0-9]*)")
 def check_method(method: str) -> str:
     if method in SELECTION_METHODS or method in AVERAGED_METHODS or _SOUP.fullmatch(method):
         return method
+    padded = re.fullmatch(r"soup-0+([1-9][0-9]*)", method)
+    if padded:
+        raise ValueError(f"write method {method!r} as 'soup-{padded.group(1)}' (N without leading zeros)")
     known = [*SELECTION_METHODS, *AVERAGED_METHODS, "soup-N"]
     raise ValueError(f"unknown method {method!r}; known methods: {', '.join(known)}")
 
@@ -121,6 +124,7 @@ class Table:
     title: str
     frame: pd.DataFrame
     notes: tuple[str, ...] = field(default=())
+    info: tuple[str, ...] = field(default=())  # what the table rests on (draw records, short soups): not missing results
 
 
 class _Scores:
@@ -261,7 +265,35 @@ def cumulative_table(inputs: AnalysisInputs, task: str, methods: Iterable[str] |
         title=f"{task}: mean target score over {len(inputs.draws)} draws, by number of runs k",
         frame=frame,
         notes=(*inputs.incomplete, *notes),
+        info=(*inputs.info, *soup_shortfalls(inputs, methods)),
     )
+
+
+def soup_shortfalls(inputs: AnalysisInputs, methods: Iterable[str], k: int | None = None) -> list[str]:
+    """One line per soup-N whose averages hold fewer than N snapshots (the first k runs held
+    fewer), from the results' n_snapshots (unknown in results written before it existed)."""
+    if "n_snapshots" not in inputs.averaged.columns:
+        return []
+    lines = []
+    for method in methods:
+        soup = _SOUP.fullmatch(method)
+        if not soup:
+            continue
+        n = int(soup.group(1))
+        rows = inputs.averaged[(inputs.averaged["method"] == method) & inputs.averaged["n_snapshots"].notna()]
+        if k is not None:
+            rows = rows[rows["k"] == k]
+        rows = rows.drop_duplicates(["draw_seed", "k"])
+        short = rows[rows["n_snapshots"].astype(int) < n]
+        if short.empty:
+            continue
+        parts = []
+        for kk, group in short.groupby("k"):
+            counts = group["n_snapshots"].astype(int)
+            held = str(counts.min()) if counts.min() == counts.max() else f"{counts.min()}-{counts.max()}"
+            parts.append(f"k={kk} ({held} snapshots in {len(group)} of {len(inputs.draws)} draws)")
+        lines.append(f"{label(method)} averages fewer than {n} snapshots where the first k runs hold fewer: {', '.join(parts)}")
+    return lines
 
 
 def hyperparameter_table(inputs: AnalysisInputs, task: str, by: str) -> Table:
@@ -327,4 +359,5 @@ def per_language_table(inputs: AnalysisInputs, task: str, methods: Iterable[str]
         title=f"{task}: target score per evaluation set at k={k} (over {len(inputs.draws)} draws)",
         frame=frame,
         notes=(*inputs.incomplete, *notes),
+        info=(*inputs.info, *soup_shortfalls(inputs, methods, k)),
     )

@@ -8,13 +8,14 @@ listed as notes (or raise in strict mode), never averaged over fewer numbers.
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
-from jobs.draws import Draw
-from jobs.results import COLUMNS, KIND_DRAW_AVERAGE, KIND_RUN_AVERAGE, KIND_SNAPSHOT
+from jobs.draws import Draw, choose_records
+from jobs.results import COLUMNS, KIND_DRAW_AVERAGE, KIND_RUN_AVERAGE, KIND_SNAPSHOT, OPTIONAL_COLUMNS
 from orchestrator.analysis.inputs import (
     AVERAGED_COLUMNS,
     RUN_COLUMNS,
@@ -42,16 +43,22 @@ def build_inputs(
     task: str | None = None,
     selection_metric: str | None = None,
     strict: bool = False,
+    runs_per_draw: int | None = None,
 ) -> AnalysisInputs:
-    """Turn one experiment's results frame (all models) plus its draws into `AnalysisInputs`.
+    """Turn one experiment's results frame (all models) plus its draw records into `AnalysisInputs`.
 
     `task` defaults to the results' task column; it picks the target sets (tables.TARGET_FILTERS)
     and the English dev metric. In strict mode any missing result raises IncompleteResultsError.
+    Several records of one seed are fine: `jobs.draws.choose_records` keeps one per seed (of K =
+    `runs_per_draw` if given, else the seed's largest K; then the most finished runs, the newest),
+    only that record's averages are read, and `info` says which records were used.
     """
-    missing = [c for c in COLUMNS if c not in results.columns]
+    missing = [c for c in COLUMNS if c not in results.columns and c not in OPTIONAL_COLUMNS]
     if missing:
         raise ValueError(f"results frame lacks columns {missing} (see jobs/results.py)")
-    draws = list(draws)
+    results = results.assign(**{c: pd.Series(pd.NA, index=results.index, dtype=COLUMNS[c]) for c in OPTIONAL_COLUMNS if c not in results})
+    records = list(draws)
+    draws, draw_info = choose_records(records, runs_per_draw)
     task = task or _single_task(results)
     targets = TARGET_FILTERS.get(task, TargetFilter())
     results = results.drop_duplicates(["ref", "kind", "run_key", "step", "method", "k", "draw_seed", "split", *CELL])
@@ -91,7 +98,8 @@ def build_inputs(
             scores.extend((run_key, variant, *cell, value) for cell, value in values.items())
             selection.append({"run_key": run_key, "variant": variant, "selection_score": score})
 
-    averaged = test[test["kind"] == KIND_DRAW_AVERAGE]
+    averaged, orphans = _of_draws(test[test["kind"] == KIND_DRAW_AVERAGE], draws, records)
+    notes.extend(f"averaged results under averages/{name}/ belong to no draw record (ignored)" for name in orphans)
     notes.extend(_check_averaged(averaged, draws, cells))
     if strict and notes:
         raise IncompleteResultsError(notes)
@@ -106,11 +114,37 @@ def build_inputs(
     return AnalysisInputs(
         variant_scores=_plain(variant_scores[list(VARIANT_SCORE_COLUMNS)]),
         selection=_plain(pd.DataFrame(selection, columns=SELECTION_COLUMNS)),
-        averaged=_plain(averaged[list(AVERAGED_COLUMNS)]),
+        averaged=_plain(averaged[[*AVERAGED_COLUMNS, "n_snapshots"]]),
         draws={draw.seed: tuple(draw.run_keys) for draw in draws},
         runs=_plain(runs),
         incomplete=tuple(notes),
+        info=tuple(draw_info),
     )
+
+
+_DRAW_REF = re.compile(r"^averages/s(\d+)-([0-9a-f]+)/")
+
+
+def _of_draws(averaged: pd.DataFrame, chosen: list[Draw], records: list[Draw]) -> tuple[pd.DataFrame, list[str]]:
+    """The averaged rows of the chosen draw records, and the names of unrecorded draws found.
+
+    A ref `averages/s<seed>-<hash>/...` is kept only if it names a chosen record (other records
+    of a seed are not mixed in); refs of another shape are kept (matched by method, seed, k)."""
+    names = {draw.name for draw in chosen}
+    known = {draw.name for draw in records}
+    orphans: set[str] = set()
+
+    def keep(ref) -> bool:
+        m = _DRAW_REF.match(str(ref))
+        if m is None:
+            return True
+        name = f"s{int(m.group(1))}-{m.group(2)}"
+        if name not in known:
+            orphans.add(name)
+        return name in names
+
+    kept = averaged[[keep(ref) for ref in averaged["ref"]]] if len(averaged) else averaged
+    return kept, sorted(orphans)
 
 
 def _plain(frame: pd.DataFrame) -> pd.DataFrame:
@@ -119,7 +153,7 @@ def _plain(frame: pd.DataFrame) -> pd.DataFrame:
     for column in out.columns:
         if column in ("value", "selection_score", "learning_rate"):
             out[column] = pd.to_numeric(out[column], errors="coerce").astype(float)
-        elif column in ("k", "draw_seed", "batch_size", "seed"):
+        elif column in ("k", "draw_seed", "batch_size", "seed", "n_snapshots"):
             out[column] = out[column].astype(object).where(out[column].notna(), None)
             out[column] = [None if v is None else int(v) for v in out[column]]
         else:

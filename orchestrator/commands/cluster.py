@@ -38,11 +38,10 @@ def plan_stage(exp: Experiment, stage: str) -> list[plan.JobRequest]:
     runs = plan.finished_runs(cfg, store, uri, _head(exp))
     if not runs:
         raise click.ClickException(f"no finished runs for the {stage} stage: run `orchestrator sweep` first")
-    draws = plan.make_draws(cfg, runs)
     if stage == "average":
-        return plan.average_requests(cfg, uri, runs, draws)
+        return plan.average_requests(cfg, uri, runs, plan.make_draws(cfg, runs))
     if stage == "evaluate-averages":
-        refs = [r for r in plan.average_refs(cfg, runs, draws) if store.exists(layout.manifest_key(r))]
+        refs = plan.recorded_average_refs(store, runs)  # what the average stage recorded, not the current flags
         return plan.evaluate_requests(cfg, store, uri, refs)
     refs = [ref for r in runs for ref in plan.snapshot_refs(store, r.run_key)]
     return plan.evaluate_requests(cfg, store, uri, refs)

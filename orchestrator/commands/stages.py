@@ -74,18 +74,31 @@ def do_evaluate_snapshots(exp: Experiment, backend, dry_run: bool = False) -> No
 
 
 def do_average(exp: Experiment, backend, dry_run: bool = False) -> list:
+    from jobs.draws import DrawError
+
     runs = plan.finished_runs(exp.config, exp.store, exp.uri, _head(exp))
     if not runs:
         raise click.ClickException("no finished runs to average: run `orchestrator sweep` first")
-    draws = plan.make_draws(exp.config, runs)
+    try:
+        draws = plan.make_draws(exp.config, runs)
+        for line in plan.soup_shortfalls(exp.store, draws, tuple(exp.config.draws.methods)):
+            click.echo(f"note: {line}", err=True)
+    except DrawError as e:
+        raise click.ClickException(str(e)) from None
+    if not dry_run:  # the record says what was drawn, from how many finished runs, and when
+        draws = plan.record_draws(exp.store, draws, tuple(exp.config.draws.methods))
     _run_stage(backend, plan.average_requests(exp.config, exp.uri, runs, draws), "average", dry_run)
     return plan.average_refs(exp.config, runs, draws)
 
 
 def do_evaluate_averages(exp: Experiment, backend, dry_run: bool = False) -> None:
+    """Evaluate what the average stage recorded (every draw record's averages and the runs' CA),
+    not draws re-derived from the current flags."""
     runs = plan.finished_runs(exp.config, exp.store, exp.uri, _head(exp))
-    draws = plan.make_draws(exp.config, runs)
-    refs = [r for r in plan.average_refs(exp.config, runs, draws) if exp.store.exists(layout.manifest_key(r))]
+    refs = plan.recorded_average_refs(exp.store, runs)
+    if not refs:
+        click.echo("evaluate averages: no stored averaged models (run `orchestrator average` first; fused averages are scored there)", err=True)
+        return
     _run_stage(backend, plan.evaluate_requests(exp.config, exp.store, exp.uri, refs), "evaluate averages", dry_run)
 
 

@@ -31,7 +31,7 @@ def default_cache_dir(bucket: str, experiment: str) -> Path:
 
 
 def _load_bucket(
-    bucket: str, experiment: str, task: str, strict: bool, cache_dir: Path, refresh: bool
+    bucket: str, experiment: str, task: str, strict: bool, cache_dir: Path, refresh: bool, runs_per_draw: int | None = None
 ) -> AnalysisInputs:
     from jobs.errors import JobError
     from jobs.store import open_store
@@ -46,7 +46,7 @@ def _load_bucket(
         raise click.ClickException(str(error)) from None
     if results.empty:
         raise click.ClickException(f"no results under {bucket}/{experiment}/results/: run the evaluate stage first")
-    return build_inputs(results, draws, task=task, strict=strict)
+    return build_inputs(results, draws, task=task, strict=strict, runs_per_draw=runs_per_draw)
 
 
 def build_tables(inputs: AnalysisInputs, task: str, methods: tuple[str, ...] | None) -> list[Table]:
@@ -92,8 +92,16 @@ def build_tables(inputs: AnalysisInputs, task: str, methods: tuple[str, ...] | N
     help="Local cache of results files read from the bucket (default: .cache/results/BUCKET-HASH/EXPERIMENT).",
 )
 @click.option("--refresh-cache", is_flag=True, help="Re-read every results file, even those already cached.")
+@click.option(
+    "--runs-per-draw",
+    type=click.IntRange(1),
+    default=None,
+    help="K: use the draw records of K runs (default: each seed's largest K). Of several records of one "
+    "seed and K, the one drawn from the most finished runs is used (the newest when equal).",
+)
 @click.pass_context
-def tables(ctx, bucket, experiment, paper_results, task, fmt, out, plot, strict, methods, cache_dir, refresh_cache):
+def tables(ctx, bucket, experiment, paper_results, task, fmt, out, plot, strict, methods, cache_dir, refresh_cache,
+           runs_per_draw):
     """Build the paper's tables (and plots) from an experiment's results or from the paper's published results."""
     bucket_given = ctx.get_parameter_source("bucket") == click.core.ParameterSource.COMMANDLINE
     if paper_results is not None and (bucket_given or experiment):
@@ -106,6 +114,9 @@ def tables(ctx, bucket, experiment, paper_results, task, fmt, out, plot, strict,
         if paper_results is not None:
             from orchestrator.analysis.paper import load_paper_results
 
+            if runs_per_draw is not None:
+                raise click.UsageError("--runs-per-draw picks draw records of a bucket; the paper's results have K=10")
+
             inputs = load_paper_results(paper_results, task)
             if strict and inputs.incomplete:
                 raise IncompleteResultsError(inputs.incomplete)
@@ -113,7 +124,7 @@ def tables(ctx, bucket, experiment, paper_results, task, fmt, out, plot, strict,
             if not experiment:
                 raise click.UsageError("--experiment is required with --bucket (or use --paper-results DIR)")
             cache = cache_dir or default_cache_dir(bucket, experiment)
-            inputs = _load_bucket(bucket, experiment, task, strict, cache, refresh_cache)
+            inputs = _load_bucket(bucket, experiment, task, strict, cache, refresh_cache, runs_per_draw)
         built = build_tables(inputs, task, method_list)
         if strict:
             notes = [note for table in built for note in table.notes]

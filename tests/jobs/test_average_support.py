@@ -40,6 +40,8 @@ def run_spec(uri: str, lr: float, bs: int, seed: int) -> TrainSpec:
         batch_size=bs,
         seed=seed,
         epochs=3,
+        snapshot_every="1 epochs",  # what a config that names neither gets (orchestrator.config)
+        precision="fp16",
     )
 
 

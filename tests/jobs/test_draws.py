@@ -48,3 +48,83 @@ def test_unfinished_configurations_are_not_candidates():
 def test_round_trip():
     d = draw_runs(grid(), 1, 3)
     assert Draw.from_dict(d.to_dict()) == d
+
+
+# --- draw records (issue 12.6): several per seed, each saying from how many runs and when -----------------
+
+from jobs.draws import choose_records, merge_record, read_records, write_record  # noqa: E402
+
+
+def record(seed, k, finished, when, salt="") -> Draw:
+    return Draw(seed, k, tuple(f"run-{seed}-{i}{salt}" for i in range(k)), finished_runs=finished, recorded_at=when)
+
+
+def test_a_draw_records_how_many_runs_it_was_drawn_from_and_round_trips():
+    runs = [r for r in grid() if r.seed != 3]
+    d = draw_runs(runs, 1, 3).recorded(("r-ca", "soup-5"), "2025-01-02T03:04:05.000001Z")
+    assert (d.finished_runs, d.methods) == (len(runs), ("r-ca", "soup-5"))
+    data = d.to_dict()
+    assert data["hash"] == d.hash and d.key == f"draws/s1-{d.hash}.json"
+    assert Draw.from_dict(data) == d
+
+
+def test_records_written_before_the_new_fields_parse_with_defaults():
+    bare = Draw.from_dict({"seed": 2, "k": 2, "run_keys": ["a", "b"]})  # Draw.to_dict of old
+    assert (bare.finished_runs, bare.recorded_at, bare.methods, bare.configurations) == (None, None, (), ())
+    from jobs.spec import short_hash
+
+    job = {"seed": 2, "k": 2, "run_keys": ["a", "b"], "hash": short_hash(["a", "b"], 8), "methods": ["r-ca"]}  # the average job's
+    assert Draw.from_dict(job).methods == ("r-ca",) and Draw.from_dict(job).hash == job["hash"]
+    with pytest.raises(ValueError, match="does not match its run keys"):
+        Draw.from_dict(dict(job, hash="00000000"))
+    with pytest.raises(ValueError, match="k=3 but 2 run keys"):
+        Draw.from_dict(dict(job, k=3))
+
+
+def test_choose_records_one_per_seed_most_finished_runs_then_newest():
+    old = record(0, 2, 6, "2025-01-01T00:00:00Z")
+    more = record(0, 2, 9, "2025-01-01T00:00:00Z", "m")
+    newest = record(0, 2, 9, "2025-02-01T00:00:00Z", "n")
+    k3 = record(0, 3, 6, "2024-01-01T00:00:00Z")
+    other_seed = record(1, 2, 9, None)
+    records = [old, more, newest, k3, other_seed]
+
+    chosen, lines = choose_records(records, 2)
+    assert chosen == [newest, other_seed]
+    assert lines[0] == f"draw records used: {newest.name}, {other_seed.name} (K=2, drawn from 9 finished runs)"
+    assert lines[1].startswith("draw records not used: ") and old.name in lines[1] and k3.name in lines[1]
+
+    chosen, lines = choose_records(records)  # no K asked: each seed's largest K
+    assert chosen == [k3, other_seed]
+    chosen, lines = choose_records(records, 3)
+    assert chosen == [k3] and lines[-1] == "draw seeds 1 have no record with K=3: left out"
+    with pytest.raises(DrawError) as error:
+        choose_records(records, 5)
+    assert str(error.value) == "no draw record has K=5 runs; recorded: K=2 (seeds 0, 1), K=3 (seeds 0)"
+    # one record per seed (every store written before): exactly those, in seed order
+    assert choose_records([other_seed, k3])[0] == [k3, other_seed]
+    # unknown counts (records of jobs run without the orchestrator) rank below known ones; then the newest
+    unknown_new = record(0, 2, None, "2026-01-01T00:00:00Z", "u")
+    assert choose_records([unknown_new, old], 2)[0] == [old]
+    assert choose_records([unknown_new, record(0, 2, None, "2025-01-01T00:00:00Z", "v")], 2)[0] == [unknown_new]
+
+
+def test_write_record_merges_what_the_orchestrator_and_the_job_say(tmp_path):
+    from jobs.store import LocalStore
+
+    store = LocalStore(tmp_path)
+    d = draw_runs(grid(), 0, 3)
+    write_record(store, d.recorded(("r-ca",), "2025-01-01T00:00:00Z"))
+    job = {"seed": 0, "k": 3, "run_keys": list(d.run_keys), "hash": d.hash, "methods": ["soup-5"]}
+    merged = merge_record(json_of(store, d.key), job)
+    assert merged["finished_runs"] == 18 and merged["recorded_at"] == "2025-01-01T00:00:00Z"
+    assert merged["methods"] == ["r-ca", "soup-5"]
+    write_record(store, d.recorded(("r-dev",), "2025-03-01T00:00:00Z"))  # re-drawn the same: newer time, methods kept
+    (again,) = read_records(store)
+    assert again.methods == ("r-ca", "r-dev") and again.recorded_at == "2025-03-01T00:00:00Z"
+
+
+def json_of(store, key):
+    import json
+
+    return json.loads(store.get_bytes(key))
