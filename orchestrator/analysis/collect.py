@@ -97,7 +97,25 @@ def collect_results(
     if not tables:
         return results_frame([])
     frame = pa.concat_tables(tables, promote_options="permissive").to_pandas()
-    return frame.astype(COLUMNS)
+    frame = frame.astype(COLUMNS)
+    check_one_label_scheme(frame)
+    return frame
+
+
+def check_one_label_scheme(frame: pd.DataFrame) -> None:
+    """NER scores of the two label schemes are not comparable: refuse to build tables over both.
+    NER results written before the column existed were scored first-subtoken."""
+    ner = frame[frame["task"] == "ner"]
+    if ner.empty:
+        return
+    schemes = ner["label_scheme"].fillna("first-subtoken")
+    found = sorted(set(schemes))
+    if len(found) > 1:
+        counts = ", ".join(f"{s}: {int((schemes == s).sum())} rows" for s in found)
+        raise ValueError(
+            f"the experiment's NER results mix label schemes ({counts}); evaluate every model with one scheme "
+            f"(ner_labels in the config) or keep each scheme in its own experiment"
+        )
 
 
 def collect_draws(store: ResultsStore) -> list[Draw]:

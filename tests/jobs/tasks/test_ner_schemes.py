@@ -116,3 +116,15 @@ def test_old_specs_keep_the_first_subtoken_scheme_and_their_run_key():
     assert new.run_key != legacy.run_key
     # the feature cache never hands one scheme's features to the other
     assert get_task("ner", label_scheme="all-subtokens").feature_tag != get_task("ner", label_scheme="first-subtoken").feature_tag
+
+
+def test_tables_refuse_results_of_two_schemes():
+    from jobs.results import results_frame
+    from orchestrator.analysis.collect import check_one_label_scheme
+
+    row = dict(experiment="e", task="ner", ref="runs/a/snapshots/00000001", kind="snapshot", dataset="wikiann",
+               language="de", split="test", metric="f1", value=0.5, n_examples=10)
+    check_one_label_scheme(results_frame([dict(row, label_scheme="all-subtokens"), dict(row, label_scheme="all-subtokens")]))
+    check_one_label_scheme(results_frame([row, dict(row, label_scheme="first-subtoken")]))  # old files: first-subtoken
+    with pytest.raises(ValueError, match="mix label schemes"):
+        check_one_label_scheme(results_frame([row, dict(row, label_scheme="all-subtokens")]))
