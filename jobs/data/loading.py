@@ -56,16 +56,16 @@ def _synthetic(task: str, info, ref: DatasetRef) -> list[dict]:
 
 def _hub(task: str, info, ref: DatasetRef) -> list[dict]:
     data = registry.load_hub_rows(info, ref.language, ref.split)
-    where = f"{info.hub_id} {ref.language}/{ref.split}"
+    where = f"{info.name} ({info.hub_id} at {info.hub_revision}) {ref.language}/{ref.split}"
     if task == "nli":
-        names = data.features["label"].names
+        names = _class_names(data, "label", where)
         return [
             {"premise": r["premise"], "hypothesis": r["hypothesis"], "label": info.map_label(names[r["label"]])}
             for r in data
             if r["label"] >= 0  # GLUE test rows carry -1
         ]
     if task == "ner":
-        names = data.features["ner_tags"].feature.names
+        names = _class_names(data, "ner_tags", where)
         out = []
         for i, r in enumerate(data):
             tags = [info.map_label(names[t]) for t in r["ner_tags"]]
@@ -75,3 +75,15 @@ def _hub(task: str, info, ref: DatasetRef) -> list[dict]:
             out.append({"tokens": list(r["tokens"]), "tags": tags})
         return out
     return [qa_example(r["id"], r["question"], r["context"], r["answers"], where) for r in data]
+
+
+def _class_names(data, column: str, where: str) -> list[str]:
+    """The ClassLabel names of `column` (a list of labels for NER), read from the dataset's features
+    (the parquet files' `huggingface` schema metadata); a missing column or plain integers fail here."""
+    feature = data.features.get(column)
+    inner = getattr(feature, "feature", feature)  # Sequence/List(ClassLabel) for tags
+    names = getattr(inner, "names", None)
+    if not names:
+        raise DataError(f"{where}: column {column!r} carries no ClassLabel names (features: {data.features}); "
+                        "the files lack the `huggingface` schema metadata")
+    return list(names)
