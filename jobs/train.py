@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-import pandas as pd
 import torch
 
 from jobs import layout
@@ -198,6 +197,8 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
         step = last["step"]
         curve_source = f"{ref}/{layout.CURVE_PART}" if layout.CURVE_PART in last.get("extra_files", {}) else layout.curve_key(run_key)
         if store.exists(curve_source):  # the snapshot's own part: what was committed with it
+            import pandas as pd
+
             curve = [r for r in pd.read_parquet(io.BytesIO(store.get_bytes(curve_source))).to_dict("records") if r["step"] <= step]
         for m in done:  # rebuild the running sum from what is committed
             run_sum = _add_to_sum(run_sum, load_file(str(cache.path(m["ref"], m))))
@@ -295,6 +296,8 @@ def _add_to_sum(acc: dict | None, state: dict) -> dict:
 
 def _parquet(rows: list[dict]) -> bytes:
     buffer = io.BytesIO()
+    import pandas as pd  # imported here: the GPU check script imports this module without pandas
+
     pd.DataFrame(rows).to_parquet(buffer, index=False)
     return buffer.getvalue()
 
