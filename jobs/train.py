@@ -7,9 +7,11 @@ generator (torch CPU and CUDA, Python, NumPy) and the step (the batch order is a
 one. The training curve up to a snapshot is committed with that snapshot. A finished run is
 skipped.
 
-Fault injection for tests: `XLT_FAULT=<point>:<n>` kills the process (SIGKILL) the n-th time
-it reaches `<point>` (see `_fault`): mid-epoch, inside a snapshot commit, between a snapshot's
-weights and its manifest, before the run-sum or the completion marker.
+Fail points for fault tests (jobs.faults, e.g. `XLT_FAILPOINTS=train.step@5=kill`):
+`train.step` after each optimizer step, `train.snapshot-written` before a snapshot's files are
+stored, `commit.before-manifest` (jobs.snapshots) between its weights and its manifest,
+`train.after-snapshot` after its manifest (before the run's curve.parquet), `train.before-run-sum`,
+`train.before-complete`.
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ import json
 import math
 import os
 import random
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from jobs import layout
 from jobs.common import load_pretrained, log, progress, setup_torch
 from jobs.data.cache import encode_cached
 from jobs.errors import PermanentError, SpecError
+from jobs.faults import failpoint
 from jobs.models import load_tokenizer
 from jobs.snapshots import WeightsCache, commit_model, read_manifest, save_state_dict
 from jobs.spec import TrainSpec, spec_to_json, to_dict
@@ -68,22 +70,6 @@ def eval_autocast(device: torch.device, precision: str | None):
     """Autocast for scoring: the training precision on a GPU; fp32 on CPUs (CPU fp16 matmuls are
     slow and scores there are for tests and small replications)."""
     return autocast(device, precision if device.type == "cuda" else None)
-
-
-_fault_counts: dict[str, int] = {}
-
-
-def _fault(point: str) -> None:
-    """Kill this process at a named point when XLT_FAULT says so (tests of what survives a kill)."""
-    wanted = os.environ.get("XLT_FAULT")
-    if not wanted:
-        return
-    name, _, count = wanted.partition(":")
-    if name != point:
-        return
-    _fault_counts[point] = _fault_counts.get(point, 0) + 1
-    if _fault_counts[point] == int(count or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def rng_state(device: torch.device) -> dict:
@@ -239,7 +225,7 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
             step += 1
             seen += len(indices)
             bar.update(1)
-            _fault("step")
+            failpoint("train.step")
             if step % 10 == 0 or step in snap_steps:
                 elapsed = time.perf_counter() - t0
                 curve.append({"step": step, "epoch": epoch, "loss": loss_total, "learning_rate": scheduler.get_last_lr()[0], "examples_per_s": seen / elapsed if elapsed else 0.0})
@@ -251,7 +237,7 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
                 run_sum = _add_to_sum(run_sum, state)
                 _commit_snapshot(store, spec, run_key, step, epoch, step / steps_per_epoch, dev, head_sha, state, optimizer,
                                  scheduler, scaler, rng_state(device), curve, scratch, done)
-                _fault("after-snapshot")
+                failpoint("train.after-snapshot")
                 store.put_bytes(layout.curve_key(run_key), _parquet(curve))
                 log.info("run %s step %d/%d: English dev %s %.4f", run_key, step, total_steps, task.metric, dev)
             if step >= total_steps:
@@ -259,12 +245,12 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
     bar.close()
 
     snapshots = committed_snapshots(store, run_key)
-    _fault("before-run-sum")
+    failpoint("train.before-run-sum")
     _commit_run_sum(store, spec, run_key, run_sum, snapshots, head_sha, scratch)
     if spec.stage == "head":
         _commit_head(store, spec, run_key, model, task, scratch)
     store.put_bytes(layout.curve_key(run_key), _parquet(curve))  # also after a resume that had nothing left to train
-    _fault("before-complete")
+    failpoint("train.before-complete")
     store.put_bytes(
         layout.run_complete_key(run_key),
         json.dumps({"run_key": run_key, "snapshots": [m["ref"] for m in snapshots], "spec": to_dict(spec)}, indent=1).encode(),
@@ -312,7 +298,7 @@ def _commit_snapshot(store, spec, run_key, step, epoch, epochs_done, dev, head_s
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": rng}, trainer)
     curve_part.write_bytes(_parquet(curve))
-    _fault("in-snapshot")
+    failpoint("train.snapshot-written")
     manifest = commit_model(
         store,
         ref,

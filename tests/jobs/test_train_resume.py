@@ -3,9 +3,9 @@ uninterrupted run: every snapshot, the run-sum and the training curve. The train
 every RNG (dropout draws from torch's), the optimizer, scheduler and fp16 gradient scaler; the
 curve up to a snapshot is committed with it.
 
-Kill points (jobs/train.py `_fault`): mid-epoch, inside a snapshot commit (before its weights
-are stored), right after a snapshot's manifest (before the run's curve.parquet is written),
-before the run-sum, before the completion marker.
+Kill points (jobs.faults fail points): mid-epoch, a snapshot written locally but not stored,
+between a snapshot's weights and its manifest, right after its manifest (before the run's
+curve.parquet is written), before the run-sum, before the completion marker.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _fingerprint(uri: str, key: str) -> dict:
 
 
 def _killed_run(spec: TrainSpec, fault: str) -> None:
-    env = dict(os.environ, XLT_FAULT=fault)
+    env = dict(os.environ, XLT_FAILPOINTS=f"{fault}=kill")
     proc = subprocess.run([sys.executable, "-m", "jobs", "train", "--spec", "-"], input=spec_to_json(spec), env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, (fault, proc.returncode, proc.stderr[-2000:])
@@ -63,12 +63,13 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("fault, precision", [
-    ("step:5", "fp32"),            # mid-epoch 2 (3 steps per epoch)
-    ("in-snapshot:2", "fp32"),     # the second snapshot half-written
-    ("after-snapshot:1", "fp32"),  # manifest committed, the run's curve not yet rewritten
-    ("before-run-sum:1", "fp32"),
-    ("before-complete:1", "fp32"),
-    ("step:5", "fp16"),            # the GradScaler's state resumes too
+    ("train.step@5", "fp32"),                # mid-epoch 2 (3 steps per epoch)
+    ("train.snapshot-written@2", "fp32"),    # the second snapshot written locally, nothing stored
+    ("commit.before-manifest@2", "fp32"),    # its weights stored, no manifest
+    ("train.after-snapshot@1", "fp32"),      # manifest committed, the run's curve not yet rewritten
+    ("train.before-run-sum@1", "fp32"),
+    ("train.before-complete@1", "fp32"),
+    ("train.step@5", "fp16"),                # the GradScaler's state resumes too
 ])
 def test_a_killed_run_resumes_bit_identical(tmp_path, reference, fault, precision):
     uri = f"file://{tmp_path}/store"
