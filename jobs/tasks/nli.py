@@ -17,7 +17,11 @@ class NLITask:
     name = "nli"
     metric = "acc"
     labels = LABELS
-    head_prefixes = ("classifier.",)
+    # BERT's sequence classifier reads the pooler (dense + tanh on [CLS]), which the pre-trained
+    # checkpoint may lack (multilingual-e5-small has none): it is part of the shared frozen head,
+    # so grid runs use the head run's trained pooler, never a fresh random one. No tensor of
+    # XLM-R's classifier starts with it (its pooler is unused and not built).
+    head_prefixes = ("classifier.", "bert.pooler.")
     encode_version = "nli-1"
 
     def model_class(self):
