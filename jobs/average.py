@@ -35,10 +35,14 @@ import torch
 
 from jobs import layout
 from jobs.common import log, progress, setup_torch
+from jobs.draws import merge_record, utc_now
 from jobs.errors import PermanentError
-from jobs.snapshots import SnapshotError, Verification, WeightsCache, commit_model, is_committed, read_manifest
+from jobs.scratch import scratch_dir
+from jobs.snapshots import (
+    AlreadyCommitted, SnapshotError, Verification, WeightsCache, adopt_committed, check_run_sum, commit_model, is_committed, read_manifest,
+)
 from jobs.spec import AverageSpec, short_hash
-from jobs.store import ObjectStore, open_store
+from jobs.store import ObjectStore, open_store, read_json
 from jobs.tensorio import DTYPE_BY_NAME, HeaderError, MappedFile, StreamingWriter, TensorInfo
 
 CHUNK_ELEMENTS = 1 << 19  # 2 MB of float32: the running sum and the output buffers stay in L3 while the inputs stream by (15% faster than 4 MB chunks here)
@@ -76,6 +80,7 @@ def run_info(store: ObjectStore, run_key: str) -> dict:
     info = read_manifest(store, ref)
     if not info.get("snapshots") or info.get("count") != len(info["snapshots"]):
         raise AverageError(f"run-sum of run {run_key} lists {len(info.get('snapshots') or [])} snapshots but counts {info.get('count')}")
+    check_run_sum(store, run_key, info)  # summed from the snapshots the run holds now
     return info
 
 
@@ -105,10 +110,29 @@ def draw_record(spec: AverageSpec) -> dict:
     }
 
 
+def check_soups(methods, infos: list[dict]) -> None:
+    """Refuse soup-N when N exceeds the snapshots of all K runs (it could never average N); where
+    only the first k runs hold fewer than N, soup-N averages those and its manifest's count says so."""
+    total = sum(len(i["snapshots"]) for i in infos)
+    for method in methods:
+        if method.startswith("soup-") and int(method.split("-", 1)[1]) > total:
+            raise AverageError(
+                f"{method} needs {method.split('-', 1)[1]} snapshots but the draw's {len(infos)} runs hold only {total}: "
+                f"lower N or draw more runs"
+            )
+    for method in methods:
+        if method.startswith("soup-"):
+            n = int(method.split("-", 1)[1])
+            short = [k for k in range(1, len(infos) + 1) if sum(len(i["snapshots"]) for i in infos[:k]) < n]
+            if short:
+                log.warning("%s: the first k runs hold fewer than %d snapshots for k=%s; those averages hold all of them", method, n, ",".join(map(str, short)))
+
+
 def plan_draw(store: ObjectStore, spec: AverageSpec, greedy: dict[int, dict] | None = None, infos: list[dict] | None = None) -> tuple[list[Output], dict]:
     """Outputs for every method and k of a draw, in chain order (method, then k)."""
     infos = infos or [run_info(store, key) for key in spec.run_keys]
     draw = draw_record(spec)
+    check_soups(spec.methods, infos)
     outputs = []
     for method in spec.methods:
         for k in range(1, len(infos) + 1):
@@ -137,6 +161,7 @@ def plan_draw(store: ObjectStore, spec: AverageSpec, greedy: dict[int, dict] | N
                 members = ranked_snapshots(prefix)[:n]
                 terms = [(s["ref"], 1.0) for s in members]
                 divisor = float(len(members))
+                extra = {"top_n": n}  # with "count" < top_n: the first k runs held fewer than N snapshots
             ref = layout.draw_average_ref(spec.draw_seed, draw["hash"], method, k)
             manifest = {
                 "kind": "draw-average",
@@ -234,7 +259,9 @@ def greedy_selection(store: ObjectStore, spec: AverageSpec, infos: list[dict], c
     from jobs.tasks import get_task
 
     run_spec = infos[0]["spec"]
-    task = get_task(spec.task)
+    from jobs.spec import task_options
+
+    task = get_task(spec.task, **task_options(run_spec, spec.task))
     tokenizer = load_tokenizer(run_spec["base_model"])
     dev = from_mapping(DatasetRef, run_spec["dev_data"], "dev_data")
     examples = task.load(dev)
@@ -592,7 +619,10 @@ def execute(
             manifest = dict(o.manifest, dtype=out_dtype)
             rows = evaluator.score_file(ref, out_paths[ref], dict(manifest, ref=ref)) if evaluator is not None else None
             if commit:
-                committed.append(commit_model(store, ref, out_paths[ref], manifest, sha256=hashes[ref][0], move=True))
+                try:
+                    committed.append(commit_model(store, ref, out_paths[ref], manifest, sha256=hashes[ref][0], move=True))
+                except AlreadyCommitted as lost:  # another job committed other bytes first: keep its model if it checks out
+                    committed.append(adopt_committed(store, lost))
             out_paths[ref].unlink(missing_ok=True)
             if rows is not None:
                 evaluator.write(ref, rows)
@@ -610,13 +640,10 @@ def _done(store: ObjectStore, ref: str) -> bool:
 def run_average(spec: AverageSpec, scratch: Path | None = None, store: ObjectStore | None = None) -> list[str]:
     setup_torch(spec.num_threads)
     store = store or open_store(spec.experiment_uri)
-    own_scratch = scratch is None
-    scratch = Path(scratch or tempfile.mkdtemp(prefix="xlt-average-"))
-    try:
-        return _run_average(spec, scratch, store)
-    finally:
-        if own_scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
+    if scratch is None:  # removed however the job ends; a dead job's is swept by the next one
+        with scratch_dir("average") as own:
+            return _run_average(spec, own, store)
+    return _run_average(spec, Path(scratch), store)
 
 
 def _run_average(spec: AverageSpec, scratch: Path, store: ObjectStore) -> list[str]:
@@ -641,10 +668,17 @@ def _run_average(spec: AverageSpec, scratch: Path, store: ObjectStore) -> list[s
         outputs, draw = plan_draw(store, spec, greedy, infos)
 
     def write_draw_record() -> None:
-        if draw is not None:
-            record = json.dumps(draw, indent=1).encode()
-            store.put_bytes(layout.draw_key(spec.draw_seed, draw["hash"]), record)
-            store.put_bytes(f"averages/s{spec.draw_seed}-{draw['hash']}/draw.json", record)
+        if draw is not None:  # merged into the record the orchestrator wrote (finished runs, time), if any
+            key = layout.draw_key(spec.draw_seed, draw["hash"])
+            existing = read_json(store, key, "draw record") if store.exists(key) else None
+            merged = merge_record(existing, draw)
+            merged.setdefault("recorded_at", utc_now())  # a job launched without the orchestrator: when, at least
+            record = json.dumps(merged, indent=1).encode()
+            copy = f"averages/s{spec.draw_seed}-{draw['hash']}/draw.json"
+            if merged != existing:
+                store.put_bytes(key, record)
+            if merged != existing or not store.exists(copy):
+                store.put_bytes(copy, record)
 
     evaluator = None
     if spec.evaluate is not None:  # fused: done means evaluated; stored but unscored averages are scored as they are
@@ -661,7 +695,7 @@ def _run_average(spec: AverageSpec, scratch: Path, store: ObjectStore) -> list[s
         todo = {o.ref for o in outputs if not _done(store, o.ref)}  # a retry redoes only what is missing
     if not todo:
         log.info("all %d averaged models exist", len(outputs))
-        if draw is not None and not store.exists(layout.draw_key(spec.draw_seed, draw["hash"])):
+        if draw is not None:
             write_draw_record()
         return []
     pending_methods = {o.method for o in outputs if o.ref in todo}  # whole chains: prefix sums need them

@@ -141,7 +141,9 @@ def read_records(store) -> list[Draw]:
 
 def write_record(store, draw: Draw) -> dict:
     """Record a draw (merged into an existing record of the same draw); returns what was written."""
-    existing = json.loads(store.get_bytes(draw.key)) if store.exists(draw.key) else None
+    from jobs.store import read_json  # a malformed record: one line naming its key
+
+    existing = read_json(store, draw.key, "draw record") if store.exists(draw.key) else None
     record = merge_record(existing, draw.to_dict())
     if record != existing:
         store.put_bytes(draw.key, json.dumps(record, indent=1).encode())

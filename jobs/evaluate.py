@@ -7,16 +7,18 @@ what is missing. The average job uses the same Evaluator to score its averages i
 """
 from __future__ import annotations
 
-import tempfile
+import contextlib
 from pathlib import Path
 
 from jobs import layout
 from jobs.common import load_model_from_file, load_model_from_ref, log, progress, ref_kind, setup_torch
 from jobs.data.cache import encode_cached
-from jobs.errors import PermanentError
+from jobs.errors import PermanentError, TemporaryError
+from jobs.faults import failpoint
 from jobs.models import load_tokenizer
 from jobs.results import results_frame, to_parquet_bytes
-from jobs.snapshots import WeightsCache
+from jobs.scratch import scratch_dir
+from jobs.snapshots import WeightsCache, read_manifest
 from jobs.spec import DatasetRef, EvaluateSpec, Evaluation, task_options
 from jobs.store import ObjectStore, open_store
 from jobs.tasks import get_task
@@ -98,17 +100,45 @@ class Evaluator:
 
 
 def run_evaluate(spec: EvaluateSpec, scratch: Path | None = None, force: bool = False) -> list[str]:
+    """Score every model of the spec that has no results yet; returns the refs scored.
+
+    A model that cannot be scored (missing, malformed manifest, truncated or corrupted weights,
+    another architecture) is reported in one line and skipped; the job scores all the others,
+    then fails with exit 3 naming those it could not. A storage failure that outlasts the
+    store's retries stops the job at once (exit 75): a retry redoes only what is missing."""
     store = open_store(spec.experiment_uri)
     todo = [ref for ref in spec.refs if force or not store.exists(layout.results_key(ref))]
     if not todo:
         log.info("all %d models already evaluated", len(spec.refs))
         return []
-    settings = spec.evaluation()
-    evaluator = Evaluator(store, spec.experiment_uri, spec.task, settings, spec.num_threads)
-    scratch = Path(scratch or tempfile.mkdtemp(prefix="xlt-eval-"))
-    cache = WeightsCache(store, scratch / "cache")
-    written = []
-    for ref in progress(todo, desc="evaluate", unit="model"):
-        evaluator.evaluate_stored(ref, cache)
-        written.append(ref)
+    failed: list[str] = []
+
+    def could_not(ref: str, error: Exception) -> None:
+        failed.append(ref)
+        log.error("cannot evaluate %s: %s", ref, error)
+
+    manifests = {}
+    for ref in todo:  # cheap checks first: nothing is loaded for a model that has no valid manifest
+        try:
+            manifests[ref] = read_manifest(store, ref)
+        except PermanentError as e:
+            could_not(ref, e)
+    written: list[str] = []
+    if manifests:
+        evaluator = Evaluator(store, spec.experiment_uri, spec.task, spec.evaluation(), spec.num_threads)
+        with (contextlib.nullcontext(Path(scratch)) if scratch else scratch_dir("evaluate")) as work:
+            cache = WeightsCache(store, Path(work) / "cache")
+            for ref in progress(list(manifests), desc="evaluate", unit="model"):
+                failpoint("evaluate.model")
+                try:
+                    evaluator.evaluate_stored(ref, cache)
+                except TemporaryError:
+                    raise
+                except PermanentError as e:
+                    could_not(ref, e)
+                    continue
+                written.append(ref)
+    if failed:
+        names = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        raise PermanentError(f"{len(failed)} of {len(todo)} model(s) could not be evaluated ({names}); the other {len(written)} were")
     return written

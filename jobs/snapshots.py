@@ -1,8 +1,18 @@
 """Committed models in the store: a safetensors file plus a JSON manifest written last.
 
 `commit_model` uploads weights, then the manifest with the file's sha256 and size, so a reader
-that finds the manifest finds a complete file. `WeightsCache` materialises committed weights as
-local files and verifies them against their manifest.
+that finds the manifest finds a complete file. Both are created only where nothing exists yet
+(`store.create_file` / `create_bytes`: S3 If-None-Match, a hard link on a local folder), so
+there is one writer per model and a committed model's file is never overwritten: committing the
+same bytes again returns the committed manifest (a retry, or a duplicate job that computed the
+same thing); committing other bytes raises AlreadyCommitted. An uncommitted weights file (a
+killed writer's) is rewritten by the retry. One race remains: two writers of *different* bytes
+that are both past their first upload attempt before either has a manifest; the second rewrites
+the first's uncommitted file, and if the first then wins the manifest, its file holds the
+second's bytes. Every reader checks sha256 against the manifest, the loser is told
+(AlreadyCommitted) and `orchestrator status --verify` reports it, so such a model is never used
+silently. `WeightsCache` materialises committed weights as local files and verifies them
+against their manifest.
 
 Verification costs a sha256 pass over every byte (about 0.5-1.4 GB/s per core here, slower
 than reading page-cached weights), so a file is hashed once per machine: the verified
@@ -16,16 +26,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import mmap
 import os
+import re
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 from jobs import layout
-from jobs.errors import PermanentError
-from jobs.store import NotFound, ObjectStore
+from jobs.errors import JobError, MalformedFile, PermanentError, TemporaryError
+from jobs.faults import failpoint
+from jobs.store import NotFound, ObjectStore, StoreError, decode_json, iter_chunks, with_retries
+
+log = logging.getLogger("jobs")
+EPHEMERAL = "ephemeral"  # extra_files[name]["ephemeral"]: a file a later commit may delete (trainer.pt)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 if TYPE_CHECKING:  # torch is imported where tensors are saved: the orchestrator CLI starts without it
     import torch
@@ -33,6 +50,24 @@ if TYPE_CHECKING:  # torch is imported where tensors are saved: the orchestrator
 
 class SnapshotError(PermanentError):
     """A missing, uncommitted, truncated or corrupted model in the store."""
+
+
+class MalformedManifest(SnapshotError, MalformedFile):
+    """A manifest that is not UTF-8 JSON, or lacks (or mistypes) sha256, size or extra_files."""
+
+
+class AlreadyCommitted(TemporaryError):
+    """Another writer committed other bytes under this ref first; nothing of ours is committed.
+
+    `existing` is the committed manifest; `sha256` and `size` describe the bytes this writer
+    offered. Temporary (exit 75) if uncaught: a retry finds the model committed and adopts it."""
+
+    def __init__(self, ref: str, existing: dict, sha256: str, size: int):
+        self.ref, self.existing, self.sha256, self.size = ref, existing, sha256, size
+        super().__init__(
+            f"model {ref} is already committed with other bytes (sha256 {existing['sha256'][:12]}, {existing['size']} bytes; "
+            f"this job made sha256 {sha256[:12]}, {size} bytes): another job wrote it first"
+        )
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
@@ -67,25 +102,120 @@ def commit_model(
     extra_files: Mapping[str, str] = {},
     sha256: str | None = None,
     move: bool = False,
+    ephemeral: Iterable[str] = (),
 ) -> dict:
     """Upload `weights_path` (and extra files) under `ref`, then the manifest: the commit point.
 
     `sha256` may be given when the writer hashed the file while writing it (no second pass);
-    `move` lets a local store rename the file in instead of copying it."""
+    `move` lets a local store rename the file in instead of copying it. Names in `ephemeral`
+    (a subset of `extra_files`) are marked `"ephemeral": true` in the manifest: files a later
+    commit may delete (the trainer state of all but the newest snapshot), which status does not
+    require. If `ref` is already committed: the same weights (sha256 and size) return the
+    committed manifest; other weights raise AlreadyCommitted."""
+    ephemeral = set(ephemeral)
+    if not ephemeral <= set(extra_files):
+        raise ValueError(f"ephemeral files {sorted(ephemeral - set(extra_files))} are not among the extra files")
     sha = sha256 or sha256_file(weights_path)
     size = os.path.getsize(weights_path)
-    store.put_file(layout.weights_key(ref), weights_path, move=move)
+    existing = committed_manifest(store, ref)
+    if existing is not None:
+        return _same_or_raise(ref, existing, sha, size)
+    failpoint("commit.before-weights")
+    create_file = getattr(store, "create_file", None)
+    if create_file is None:  # a store without conditional writes (test doubles)
+        store.put_file(layout.weights_key(ref), weights_path, move=move)
+    elif not create_file(layout.weights_key(ref), weights_path, move=move):
+        # something is there already: a committed model (then nothing is overwritten), or the
+        # uncommitted file of a killed (or still running) writer, which is rewritten
+        existing = committed_manifest(store, ref)
+        if existing is not None:
+            return _same_or_raise(ref, existing, sha, size)
+        store.put_file(layout.weights_key(ref), weights_path, move=move)
     extra = {}
     for name, path in extra_files.items():
         store.put_file(f"{ref}/{name}", path)
         extra[name] = {"sha256": sha256_file(path), "size": os.path.getsize(path)}
+        if name in ephemeral:
+            extra[name][EPHEMERAL] = True
     full = dict(manifest, ref=ref, file=layout.WEIGHTS, sha256=sha, size=size, extra_files=extra)
-    store.put_bytes(layout.manifest_key(ref), json.dumps(full, indent=1, sort_keys=True).encode())
+    data = json.dumps(full, indent=1, sort_keys=True).encode()
+    failpoint("commit.before-manifest")
+    create = getattr(store, "create_bytes", None)
+    if create is not None:
+        created = create(layout.manifest_key(ref), data)
+    else:  # a store without conditional writes (test doubles): best effort
+        created = not store.exists(layout.manifest_key(ref))
+        if created:
+            store.put_bytes(layout.manifest_key(ref), data)
+    if not created:
+        return _same_or_raise(ref, read_manifest(store, ref), sha, size)
+    failpoint("commit.after-manifest")
     return full
+
+
+def _same_or_raise(ref: str, existing: dict, sha: str, size: int) -> dict:
+    if existing["sha256"] == sha and existing["size"] == size:
+        log.info("model %s was already committed with the same bytes: kept as it is", ref)
+        return existing
+    raise AlreadyCommitted(ref, existing, sha, size)
+
+
+def committed_manifest(store: ObjectStore, ref: str) -> dict | None:
+    """The manifest of `ref` if it is committed, else None."""
+    try:
+        data = store.get_bytes(layout.manifest_key(ref))
+    except NotFound:
+        return None
+    return parse_manifest(data, ref)
+
+
+def adopt_committed(store: ObjectStore, error: AlreadyCommitted) -> dict:
+    """The loser of a commit race keeps the winner's model if its files check out (size and
+    sha256 against its manifest); otherwise a TemporaryError (a retry looks again)."""
+    problems = check_committed(store, error.ref, error.existing, verify=True)
+    if problems:
+        raise TemporaryError(f"model {error.ref}: another job committed it first, but {problems[0]}") from None
+    log.warning("%s; its committed file checks out: kept it", error)
+    return error.existing
 
 
 def is_committed(store: ObjectStore, ref: str) -> bool:
     return store.exists(layout.manifest_key(ref))
+
+
+def _bad(where: str, what: str) -> MalformedManifest:
+    return MalformedManifest(f"manifest {where}: {what}")
+
+
+def parse_manifest(data: bytes, ref: str) -> dict:
+    """A manifest's JSON, checked for what readers rely on: sha256 (64 hex digits), size (a
+    byte count) and, if present, extra_files (name -> sha256 and size)."""
+    key = layout.manifest_key(ref)
+    try:
+        m = decode_json(data, f"manifest {key}")
+    except MalformedFile as e:
+        raise MalformedManifest(str(e)) from None
+    if not isinstance(m, dict):
+        raise _bad(key, f"expected a JSON object, found {type(m).__name__}")
+
+    def check_file(entry, where):
+        if not isinstance(entry, dict):
+            raise _bad(key, f"{where}: expected an object with sha256 and size")
+        if not isinstance(entry.get("sha256"), str) or not _SHA256.match(entry["sha256"]):
+            raise _bad(key, f"{where}sha256 is missing or not 64 hex digits")
+        size = entry.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise _bad(key, f"{where}size is missing or not a byte count")
+
+    check_file(m, "")
+    extra = m.get("extra_files", {})
+    if not isinstance(extra, dict):
+        raise _bad(key, "extra_files: expected an object")
+    for name, entry in extra.items():
+        if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
+            raise _bad(key, f"extra_files: {name!r} is not a file name")
+        check_file(entry, f"extra_files.{name}.")
+    return m
 
 
 def read_manifest(store: ObjectStore, ref: str) -> dict:
@@ -95,10 +225,90 @@ def read_manifest(store: ObjectStore, ref: str) -> dict:
         raise SnapshotError(
             f"model {ref} is missing or not committed (no {layout.MANIFEST} under {store.uri}/{ref})"
         ) from None
-    try:
-        return json.loads(data)
-    except json.JSONDecodeError as e:
-        raise SnapshotError(f"manifest of {ref} is not valid JSON: {e.msg}") from None
+    return parse_manifest(data, ref)
+
+
+def kept_files(manifest: dict) -> dict[str, tuple[str, int]]:
+    """The files a committed model must keep: name -> (sha256, size); ephemeral files left out
+    (and trainer.pt in manifests written before files were marked)."""
+    files = {layout.WEIGHTS: (manifest["sha256"], manifest["size"])}
+    for name, entry in manifest.get("extra_files", {}).items():
+        if entry.get(EPHEMERAL) or name == layout.TRAINER_STATE:
+            continue
+        files[name] = (entry["sha256"], entry["size"])
+    return files
+
+
+def sha256_key(store: ObjectStore, key: str) -> str:
+    """sha256 of a stored object: hashed in place on a local store, streamed from S3."""
+    local = getattr(store, "local_path", lambda k: None)(key)
+    if local is not None:
+        return sha256_file(local)
+
+    def stream() -> str:
+        h = hashlib.sha256()
+        body = store.open_read(key)
+        try:
+            for chunk in iter_chunks(body):
+                h.update(chunk)
+        except JobError:
+            raise
+        except Exception as e:  # a connection dropped mid-stream: hash again from the start
+            raise StoreError(f"reading {key} failed: {e}") from None
+        finally:
+            close = getattr(body, "close", None)
+            if close:
+                close()
+        return h.hexdigest()
+
+    return with_retries("read", stream)
+
+
+def check_committed(store: ObjectStore, ref: str, manifest: dict, verify: bool = False, sizes: Mapping[str, int] | None = None) -> list[str]:
+    """What is wrong with a committed model's files: missing, another size than its manifest
+    says, and with `verify` another sha256. `sizes` (key -> size, from one listing) saves a
+    request per file."""
+    problems = []
+    for name, (sha, size) in kept_files(manifest).items():
+        key = f"{ref}/{name}"
+        if sizes is not None:
+            actual = sizes.get(key)
+        else:
+            try:
+                actual = store.size(key)
+            except NotFound:
+                actual = None
+        if actual is None:
+            problems.append(f"{name} is missing")
+        elif actual != size:
+            problems.append(f"{name} has {actual} bytes, manifest says {size} (truncated or partial)")
+        elif verify and sha256_key(store, key) != sha:
+            problems.append(f"{name} sha256 differs from its manifest (corrupted)")
+    return problems
+
+
+def check_run_sum(store: ObjectStore, run_key: str, info: dict) -> None:
+    """Before a run-sum is used: the snapshots it was summed from are the run's snapshots now.
+
+    Every snapshot manifest of the run still in the store must be listed in the run-sum with
+    the same sha256, and the run-sum must list no snapshot twice (snapshots deleted by gc are
+    fine: their sha256 is in the run-sum). No re-summing: a few small manifest reads."""
+    listed: dict[str, str] = {}
+    for s in info.get("snapshots") or []:
+        if not isinstance(s, dict) or not isinstance(s.get("ref"), str) or not isinstance(s.get("sha256"), str):
+            raise _bad(layout.manifest_key(layout.run_sum_ref(run_key)), "snapshots: each entry needs ref and sha256")
+        if s["ref"] in listed:
+            raise SnapshotError(f"run-sum of run {run_key} lists {s['ref']} twice: the run-sum is inconsistent; re-run the train job after deleting {layout.run_sum_ref(run_key)}")
+        listed[s["ref"]] = s["sha256"]
+    prefix = f"{layout.run_prefix(run_key)}/snapshots/"
+    present = sorted(k[: -len(layout.MANIFEST) - 1] for k in store.list_keys(prefix) if k.endswith("/" + layout.MANIFEST))
+    stale = f"the run-sum of run {run_key} does not match its snapshots (delete {layout.run_sum_ref(run_key)} and re-run the train job)"
+    for ref in present:
+        if ref not in listed:
+            raise SnapshotError(f"snapshot {ref} is committed but not in {stale}")
+        sha = read_manifest(store, ref)["sha256"]
+        if sha != listed[ref]:
+            raise SnapshotError(f"snapshot {ref} has sha256 {sha[:12]}, but {stale}: it was summed from {listed[ref][:12]}")
 
 
 def verified_dir() -> Path:
@@ -180,7 +390,11 @@ class WeightsCache:
         verified: VerifiedFiles | None = None,
     ):
         self.store = store
-        self.cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix="xlt-weights-"))
+        if cache_dir is None:
+            from jobs.scratch import new_dir
+
+            cache_dir = new_dir("weights")  # named for this process: swept once it is gone
+        self.cache_dir = Path(cache_dir)
         self.workers = workers
         self.verified = verified or VerifiedFiles()
         self._verified: dict[str, Path] = {}

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +33,8 @@ from jobs.data.cache import encode_cached
 from jobs.errors import PermanentError, SpecError
 from jobs.faults import failpoint
 from jobs.models import load_tokenizer
-from jobs.snapshots import WeightsCache, commit_model, read_manifest, save_state_dict
+from jobs.scratch import scratch_dir, sweep
+from jobs.snapshots import AlreadyCommitted, WeightsCache, adopt_committed, commit_model, read_manifest, save_state_dict
 from jobs.spec import TrainSpec, spec_to_json, to_dict
 from jobs.store import ObjectStore, open_store
 from jobs.tasks import get_task
@@ -46,7 +46,7 @@ def committed_snapshots(store: ObjectStore, run_key: str) -> list[dict]:
     manifests = []
     for key in store.list_keys(prefix):
         if key.endswith("/" + layout.MANIFEST):
-            manifests.append(json.loads(store.get_bytes(key)))
+            manifests.append(read_manifest(store, key[: -len("/" + layout.MANIFEST)]))  # malformed: one line naming it
     return sorted(manifests, key=lambda m: m["step"])
 
 
@@ -119,6 +119,16 @@ def load_head(store: ObjectStore, spec: TrainSpec, model, task, cache: WeightsCa
 
 
 def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
+    """Train (or resume, or skip) one run; its scratch folder is removed however the job ends
+    (a dead job's is swept by the next job on the machine)."""
+    if scratch is not None:
+        return _run_train(spec, Path(scratch))
+    sweep()
+    with scratch_dir("train") as own:
+        return _run_train(spec, own)
+
+
+def _run_train(spec: TrainSpec, scratch: Path) -> str:
     store = open_store(spec.experiment_uri)
     run_key = spec.run_key
     if store.exists(layout.run_complete_key(run_key)):
@@ -129,7 +139,6 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
 
     task = get_task(spec.task, **spec.task_options())
     device = setup_torch(spec.num_threads)
-    scratch = Path(scratch or tempfile.mkdtemp(prefix="xlt-train-"))
     cache = WeightsCache(store, scratch / "cache")
 
     tokenizer = load_tokenizer(spec.base_model)
@@ -235,8 +244,13 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
                     dev = task.score(model, tokenizer, dev_examples, dev_features, spec.eval_batch_size)
                 state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
                 run_sum = _add_to_sum(run_sum, state)
-                _commit_snapshot(store, spec, run_key, step, epoch, step / steps_per_epoch, dev, head_sha, state, optimizer,
-                                 scheduler, scaler, rng_state(device), curve, scratch, done)
+                try:
+                    _commit_snapshot(store, spec, run_key, step, epoch, step / steps_per_epoch, dev, head_sha, state, optimizer,
+                                     scheduler, scaler, rng_state(device), curve, scratch, done)
+                except AlreadyCommitted as lost:  # a second job trains this run (a retried pod while the first runs)
+                    adopt_committed(store, lost)  # the winner's snapshot checks out, else TemporaryError (exit 75)
+                    log.warning("run %s: another job committed %s with other bytes first; this job stops and leaves the run to it", run_key, lost.ref)
+                    return run_key
                 failpoint("train.after-snapshot")
                 store.put_bytes(layout.curve_key(run_key), _parquet(curve))
                 log.info("run %s step %d/%d: English dev %s %.4f", run_key, step, total_steps, task.metric, dev)
@@ -246,9 +260,14 @@ def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
 
     snapshots = committed_snapshots(store, run_key)
     failpoint("train.before-run-sum")
-    _commit_run_sum(store, spec, run_key, run_sum, snapshots, head_sha, scratch)
-    if spec.stage == "head":
-        _commit_head(store, spec, run_key, model, task, scratch)
+    try:
+        _commit_run_sum(store, spec, run_key, run_sum, snapshots, head_sha, scratch)
+        if spec.stage == "head":
+            _commit_head(store, spec, run_key, model, task, scratch)
+    except AlreadyCommitted as lost:
+        adopt_committed(store, lost)
+        log.warning("run %s: another job committed %s with other bytes first; this job stops and leaves the run to it", run_key, lost.ref)
+        return run_key
     store.put_bytes(layout.curve_key(run_key), _parquet(curve))  # also after a resume that had nothing left to train
     failpoint("train.before-complete")
     store.put_bytes(
@@ -316,6 +335,7 @@ def _commit_snapshot(store, spec, run_key, step, epoch, epochs_done, dev, head_s
             "spec": to_dict(spec),
         },
         extra_files={layout.TRAINER_STATE: str(trainer), layout.CURVE_PART: str(curve_part)},
+        ephemeral=(layout.TRAINER_STATE,),  # deleted once the next snapshot is committed
     )
     # only the newest trainer state is needed to resume: drop the older ones
     for old in done:

@@ -415,6 +415,8 @@ def load_config(
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise SpecError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        except UnicodeDecodeError as e:
+            raise SpecError(f"{path}: not UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise SpecError(f"{path}: expected a mapping of settings at the top level")
         data = dict(loaded or {})

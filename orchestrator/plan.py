@@ -12,7 +12,8 @@ from jobs import layout
 from jobs.draws import Draw, RunInfo, draw_runs
 from jobs.snapshots import is_committed, read_manifest
 from jobs.spec import AverageSpec, EvaluateSpec, Evaluation, HeadRef, TrainSpec
-from jobs.store import ObjectStore
+from jobs.errors import MalformedFile
+from jobs.store import ObjectStore, read_json
 
 from orchestrator.config import ExperimentConfig
 
@@ -115,7 +116,10 @@ def draw_from_grid(cfg: ExperimentConfig, uri: str, head: HeadRef | None, seed: 
 
 
 def snapshot_refs(store: ObjectStore, run_key: str) -> list[str]:
-    info = json.loads(store.get_bytes(layout.run_complete_key(run_key)))
+    key = layout.run_complete_key(run_key)
+    info = read_json(store, key, "run record")
+    if not isinstance(info.get("snapshots"), list) or not all(isinstance(r, str) for r in info["snapshots"]):
+        raise MalformedFile(f"run record {key}: snapshots: expected a list of model refs")
     return list(info["snapshots"])
 
 

@@ -17,6 +17,8 @@ SHARED = REPO.parent / "shared"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["XLT_PROGRESS"] = "0"
+# an unreachable store fails after 2 s of retries, not the jobs' default 60 s (fault tests set their own)
+os.environ.setdefault("XLT_STORE_RETRY_SECONDS", "2")
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # the tiny preset is built once and reused by every test and job subprocess
 os.environ.setdefault("XLT_CACHE_DIR", str(REPO / ".cache" / "models"))

@@ -89,6 +89,9 @@ def collect_results(
         missing = [c for c in COLUMNS if c not in table.column_names and c not in OPTIONAL_COLUMNS]
         if missing:
             raise ValueError(f"results file {key} lacks columns {missing} (see jobs/results.py)")
+        value_type = table.schema.field("value").type
+        if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type) or pa.types.is_null(value_type)):
+            raise ValueError(f"results file {key}: column value holds {value_type}, not numbers (see jobs/results.py)")
         for column in OPTIONAL_COLUMNS:  # a file written before the column existed: null there
             if column not in table.column_names:
                 table = table.append_column(column, pa.nulls(table.num_rows, _ARROW_TYPES[COLUMNS[column]]))

@@ -1,7 +1,10 @@
 """The local backend: each job is `python -m jobs KIND --spec -` in a subprocess, a few at a time.
 
 It is the same entry point a Kubernetes pod runs, so what works here works in a container.
-Job logs go to `<log dir>/<job name>.log`; a failing job's last lines are shown.
+Job logs go to `<log dir>/<job name>.log`; a failing job's last lines are shown. A job that ends
+with a temporary failure (exit 75) or is killed by a signal (OOM, kill -9) is run again, up to
+`retries` times (default: the Kubernetes Jobs' backoffLimit) after a growing pause, as the Job
+controller would; exit 3 (permanent) is never retried.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from jobs.errors import EXIT_TEMPORARY
 from jobs.spec import spec_to_json
 
 from orchestrator.plan import JobRequest
@@ -26,6 +30,7 @@ class JobOutcome:
     exit_code: int
     seconds: float
     log_path: Path
+    attempts: int = 1
 
     @property
     def ok(self) -> bool:
@@ -40,11 +45,26 @@ class JobOutcome:
         return (errors or lines or ["(empty log)"])[-1]
 
 
+def default_retries() -> int:
+    from orchestrator.k8s_render import ClusterSettings
+
+    return ClusterSettings().backoff_limit
+
+
+def retryable(exit_code: int) -> bool:
+    """What a Kubernetes Job retries under our podFailurePolicy: anything but exit 3 and 0; here
+    the temporary failures (75) and deaths by a signal (negative codes: OOM kill, kill -9)."""
+    return exit_code == EXIT_TEMPORARY or exit_code < 0
+
+
 class LocalBackend:
-    def __init__(self, parallelism: int = 2, log_dir: str | Path = ".logs", show_progress: bool = True):
+    def __init__(self, parallelism: int = 2, log_dir: str | Path = ".logs", show_progress: bool = True,
+                 retries: int | None = None, retry_delay: float = 10.0):
         self.parallelism = max(1, parallelism)
         self.log_dir = Path(log_dir)
         self.show_progress = show_progress
+        self.retries = default_retries() if retries is None else max(0, retries)
+        self.retry_delay = retry_delay  # seconds before the first retry, doubled for each next (as the Job controller's 10 s, 20 s, ...)
 
     def _threads_per_job(self, n_jobs: int) -> int:
         return max(1, (os.cpu_count() or 1) // max(1, min(self.parallelism, n_jobs)))
@@ -56,15 +76,24 @@ class LocalBackend:
         spec_json = spec_to_json(request.spec)
         env["XLT_NUM_THREADS"] = str(threads)
         start = time.perf_counter()
+        attempt = 0
         with open(log_path, "wb") as log:
-            proc = subprocess.run(
-                [sys.executable, "-m", "jobs", request.kind, "--spec", "-"],
-                input=spec_json.encode(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        return JobOutcome(request, proc.returncode, time.perf_counter() - start, log_path)
+            while True:
+                attempt += 1
+                proc = subprocess.run(
+                    [sys.executable, "-m", "jobs", request.kind, "--spec", "-"],
+                    input=spec_json.encode(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+                if not retryable(proc.returncode) or attempt > self.retries:
+                    break
+                delay = self.retry_delay * 2 ** (attempt - 1)
+                log.write(f"--- exit {proc.returncode}: retry {attempt} of {self.retries} in {delay:g} s ---\n".encode())
+                log.flush()
+                time.sleep(delay)
+        return JobOutcome(request, proc.returncode, time.perf_counter() - start, log_path, attempt)
 
     def run(self, requests: list[JobRequest], title: str = "jobs") -> list[JobOutcome]:
         """Run all requests (at most `parallelism` at once); returns outcomes in request order."""
@@ -85,7 +114,8 @@ class LocalBackend:
                     outcomes[futures[future]] = outcome
                     bar.update(1, outcome)
                     if not outcome.ok:
-                        click.echo(f"\n{outcome.request.name} failed (exit {outcome.exit_code}): {outcome.last_error()}", err=True)
+                        tries = f" after {outcome.attempts} attempts" if outcome.attempts > 1 else ""
+                        click.echo(f"\n{outcome.request.name} failed (exit {outcome.exit_code}{tries}): {outcome.last_error()}", err=True)
         return [o for o in outcomes if o is not None]
 
 

@@ -6,19 +6,22 @@ draws, run specs, curves and logs, and anything of a run that is not finished. D
   of a pending average (a soup member, or any snapshot of a draw with a pending greedy soup);
 - trainer states of finished runs (only a resume needs them);
 - averaged models (draw averages, per-run CA) once evaluated: the tables read results only, and
-  the average stage counts an evaluated model as done.
+  the average stage counts an evaluated model as done;
+- partial writes of killed writers: `.NAME.XXXX.part` files of a local store, incomplete multipart
+  uploads of S3, untouched for `--partial-age` minutes (a live writer keeps touching its own).
 Manifests go before weights, so a reader never finds a committed model without its file.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import click
 
 from jobs import layout
 from jobs.draws import DrawError
+from jobs.snapshots import read_manifest
 from jobs.spec import AverageSpec
 
 from orchestrator import plan
@@ -28,9 +31,10 @@ from orchestrator.context import Experiment, experiment_options
 @dataclass
 class Doomed:
     ref: str
-    what: str  # snapshot | trainer-state | average
+    what: str  # snapshot | trainer-state | average | partial-write
     keys: list[str]
     size: int
+    uploads: list[tuple[str, str]] = field(default_factory=list)  # (key, upload id) of S3 multipart uploads to abort
 
 
 def _evaluated(store, ref: str) -> bool:
@@ -69,7 +73,34 @@ def plan_hash(run_keys) -> str:
     return short_hash(list(run_keys), 8)
 
 
-def collect(exp: Experiment) -> tuple[list[Doomed], list[str]]:
+PARTIAL_AGE_MINUTES = 60.0
+
+
+def partial_writes(store, older_than_s: float) -> list[Doomed]:
+    """Unfinished writes of dead writers: `.part` files of a local store and incomplete S3
+    multipart uploads, untouched for `older_than_s` seconds."""
+    now = time.time()
+    out = []
+    part_files = getattr(store, "part_files", None)
+    if part_files is not None:
+        base = store.root / store.prefix if store.prefix else store.root
+        for path in part_files():
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue  # finished (renamed) meanwhile
+            if now - st.st_mtime >= older_than_s:
+                key = path.relative_to(base).as_posix()
+                out.append(Doomed(key, "partial-write", [key], st.st_size))
+    uploads = getattr(store, "incomplete_uploads", None)
+    if uploads is not None:
+        for key, upload_id, initiated, size in uploads():
+            if now - initiated >= older_than_s:
+                out.append(Doomed(key, "partial-write", [], size, uploads=[(key, upload_id)]))
+    return out
+
+
+def collect(exp: Experiment, partial_age_s: float = PARTIAL_AGE_MINUTES * 60) -> tuple[list[Doomed], list[str]]:
     """What gc would delete, and notes on what it keeps for a reason worth saying."""
     store = exp.store
     keys = store.list_keys()
@@ -79,18 +110,18 @@ def collect(exp: Experiment) -> tuple[list[Doomed], list[str]]:
         by_ref.setdefault(ref, []).append(key)
     notes: list[str] = []
     doomed: list[Doomed] = []
-    needed = pending_inputs(exp)
-    if needed is None:
-        notes.append("the draws cannot be made yet (too few finished runs): every snapshot is kept")
     complete = {k.split("/")[1] for k in keys if k.startswith("runs/") and k.endswith("/complete.json")}
     keep: dict[str, set[str]] = {}
-    for run_key in sorted(complete):
+    for run_key in sorted(complete):  # first: a malformed run-sum stops gc before it plans anything
         sum_manifest = layout.manifest_key(layout.run_sum_ref(run_key))
         if sum_manifest not in keys:
             continue
-        info = json.loads(store.get_bytes(sum_manifest))
+        info = read_manifest(store, layout.run_sum_ref(run_key))
         snaps = sorted(info["snapshots"], key=lambda s: s["step"])
         keep[run_key] = {snaps[-1]["ref"], max(snaps, key=lambda s: s["dev_score"])["ref"]}
+    needed = pending_inputs(exp)
+    if needed is None:
+        notes.append("the draws cannot be made yet (too few finished runs): every snapshot is kept")
     unevaluated = 0
     for ref, ref_keys in sorted(by_ref.items()):
         parsed = layout.parse_snapshot_ref(ref)
@@ -116,7 +147,7 @@ def collect(exp: Experiment) -> tuple[list[Doomed], list[str]]:
         notes.append(f"{len(needed)} model(s) kept as inputs of pending averages (`orchestrator average`)")
     for d in doomed:
         d.size = sum(store.size(k) for k in d.keys)
-    return doomed, notes
+    return doomed + partial_writes(store, partial_age_s), notes
 
 
 def _is_average(ref: str) -> bool:
@@ -138,13 +169,15 @@ def _human(n: float) -> str:
 @experiment_options
 @click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
 @click.option("--yes", is_flag=True, help="Delete without asking for confirmation.")
-def gc(exp: Experiment, parallelism: int, backend: str, dry_run: bool, yes: bool) -> None:
+@click.option("--partial-age", type=click.FloatRange(0), default=PARTIAL_AGE_MINUTES, show_default=True,
+              help="Minutes a partial write (.part file, incomplete S3 upload) must be untouched before it is deleted.")
+def gc(exp: Experiment, parallelism: int, backend: str, dry_run: bool, yes: bool, partial_age: float = PARTIAL_AGE_MINUTES) -> None:
     """Delete stored models that no pending stage needs (shows them and their size first).
 
     Keeps run-sums, the last and src-dev snapshot of each run, every results file, heads and
     draws; deletes other evaluated snapshots that no pending average reads, trainer states of
-    finished runs, and evaluated averaged models."""
-    doomed, notes = collect(exp)
+    finished runs, evaluated averaged models, and partial writes of killed writers."""
+    doomed, notes = collect(exp, partial_age * 60)
     for note in notes:
         click.echo(f"note: {note}")
     if not doomed:
@@ -166,4 +199,6 @@ def gc(exp: Experiment, parallelism: int, backend: str, dry_run: bool, yes: bool
     for d in doomed:
         for key in d.keys:
             exp.store.delete(key)
+        for key, upload_id in d.uploads:
+            exp.store.abort_upload(key, upload_id)
     click.echo(f"gc: deleted {len(doomed)} item(s), {_human(total)}")

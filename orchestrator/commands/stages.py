@@ -15,7 +15,7 @@ def _backend(exp: Experiment, parallelism: int, backend: str = "local"):
         from orchestrator.backends.k8s import backend_for
 
         return backend_for(exp, parallelism)
-    return LocalBackend(parallelism=parallelism)
+    return LocalBackend(parallelism=parallelism, retries=exp.retries)
 
 
 def _run_stage(backend, requests, title: str, dry_run: bool = False) -> None:

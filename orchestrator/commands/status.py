@@ -1,14 +1,29 @@
-"""The `status` command: one table of every run of the experiment, from the store."""
+"""The `status` command: one table of every run of the experiment, from the store, then a check
+of every committed model: each file its manifest lists (ephemeral ones aside) must be there with
+the size the manifest says, and with `--verify` the same sha256. Corrupt, partial or unreadable
+models and malformed records are listed one per line, and the command then exits 1."""
 from __future__ import annotations
-
-import json
 
 import click
 
 from jobs import layout
+from jobs.errors import JobError
+from jobs.snapshots import check_committed, parse_manifest
+from jobs.store import decode_json
 
 from orchestrator import plan
 from orchestrator.context import Experiment, experiment_options
+
+MODEL_ROOTS = ("runs/", "heads/", "averages/")
+
+
+def _latest(store, manifests: list[str]) -> dict | None:
+    for key in reversed(manifests):  # the newest readable one (an unreadable one is reported below)
+        try:
+            return parse_manifest(store.get_bytes(key), key.rsplit("/", 1)[0])
+        except JobError:
+            continue
+    return None
 
 
 def run_rows(exp: Experiment) -> list[dict]:
@@ -21,9 +36,10 @@ def run_rows(exp: Experiment) -> list[dict]:
     for spec in specs:
         key = spec.run_key
         manifests = [k for k in store.list_keys(f"runs/{key}/snapshots/") if k.endswith(layout.MANIFEST)]
-        latest = json.loads(store.get_bytes(manifests[-1])) if manifests else None
+        latest = _latest(store, manifests)
         complete = store.exists(layout.run_complete_key(key))
         evaluated = sum(store.exists(layout.results_key(m.rsplit("/", 1)[0])) for m in manifests)
+        dev = latest.get("dev_score") if latest else None
         rows.append(
             {
                 "stage": spec.stage,
@@ -34,11 +50,45 @@ def run_rows(exp: Experiment) -> list[dict]:
                 "state": "complete" if complete else ("running/partial" if manifests else "pending"),
                 "snapshots": len(manifests),
                 "evaluated": evaluated if spec.stage == "train" else "-",
-                "dev": f"{latest['dev_score']:.4f}" if latest else "-",
-                "latest ref": latest["ref"] if latest else "-",
+                "dev": f"{dev:.4f}" if isinstance(dev, (int, float)) else "-",
+                "latest ref": latest.get("ref", "-") if latest else "-",
             }
         )
     return rows
+
+
+def check_store(store, verify: bool = False) -> tuple[list[str], list[str]]:
+    """(problems, notes) of every committed model and every JSON record in the store.
+
+    One listing gives every object's size; each manifest is read and checked (sha256, size,
+    extra files), each file it keeps is size-checked against it, and with `verify` hashed."""
+    sizes = store.list_sizes()
+    problems: list[str] = []
+    notes: list[str] = []
+    manifests = [k for k in sizes if k.endswith("/" + layout.MANIFEST) and k.startswith(MODEL_ROOTS)]
+    for key in manifests:
+        ref = key[: -len(layout.MANIFEST) - 1]
+        try:
+            manifest = parse_manifest(store.get_bytes(key), ref)
+            found = check_committed(store, ref, manifest, verify, sizes)
+        except JobError as e:
+            problems.append(str(e))
+            continue
+        problems += [f"model {ref}: {p}" for p in found]
+    records = [k for k in sizes if k.endswith(".json") and not k.endswith("/" + layout.MANIFEST)
+               and (k.startswith("draws/") or k.endswith(("/complete.json", "/spec.json")))]
+    for key in records:
+        try:
+            value = decode_json(store.get_bytes(key), key)
+            if not isinstance(value, dict):
+                problems.append(f"{key}: expected a JSON object, found {type(value).__name__}")
+        except JobError as e:
+            problems.append(str(e))
+    uncommitted = [k for k in sizes if k.endswith("/" + layout.WEIGHTS) and f"{k.rsplit('/', 1)[0]}/{layout.MANIFEST}" not in sizes]
+    if uncommitted:
+        notes.append(f"{len(uncommitted)} uncommitted weights file(s) (an interrupted job; its retry rewrites them), "
+                     f"e.g. {uncommitted[0]}")
+    return problems, notes
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -53,8 +103,10 @@ def format_rows(rows: list[dict]) -> str:
 
 @click.command()
 @experiment_options
-def status(exp: Experiment, parallelism: int, backend: str) -> None:
-    """Show every run of the experiment: stage, state, snapshots, latest English dev score and ref."""
+@click.option("--verify", is_flag=True, help="Also hash every committed file and compare its sha256 with its manifest (reads every byte).")
+def status(exp: Experiment, parallelism: int, backend: str, verify: bool = False) -> None:
+    """Show every run of the experiment: stage, state, snapshots, latest English dev score and ref;
+    then check every committed model's files against its manifest (exit 1 if any is corrupt)."""
     rows = run_rows(exp)
     if backend == "k8s":  # a Job-state column: what the cluster says beside what the store holds
         from orchestrator.backends.k8s import backend_for
@@ -68,3 +120,13 @@ def status(exp: Experiment, parallelism: int, backend: str) -> None:
     averages = sorted({k.rsplit("/", 1)[0] for k in exp.store.list_keys("averages/") if k.endswith(layout.MANIFEST)})
     results = [k for k in exp.store.list_keys("results/") if k.endswith(".parquet")]
     click.echo(f"\n{len(averages)} averaged models, {len(results)} results files")
+    problems, notes = check_store(exp.store, verify)
+    for note in notes:
+        click.echo(f"note: {note}")
+    if problems:
+        for problem in problems:
+            click.echo(f"problem: {problem}", err=True)
+        click.echo(f"status: {len(problems)} problem(s) in {exp.uri}: re-run the stage that writes them, "
+                   f"after deleting a corrupt model's manifest", err=True)
+        raise click.exceptions.Exit(1)
+    click.echo("all committed models check out" + (" (sizes and sha256)" if verify else " (sizes; --verify also hashes)"))

@@ -10,6 +10,7 @@ recognises as `watch=true`, so its parser is patched to compare case-insensitive
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 import time
@@ -202,6 +203,7 @@ def apply_effect(job: dict) -> None:
 
     key = spec_from_dict("train", spec).run_key
     if spec["stage"] == "head":
-        store.put_bytes(layout.manifest_key(layout.head_ref(key)), json.dumps({"sha256": "0" * 64, "ref": layout.head_ref(key)}).encode())
+        store.put_bytes(layout.weights_key(layout.head_ref(key)), b"")  # a committed model as the job leaves it: weights, then manifest
+        store.put_bytes(layout.manifest_key(layout.head_ref(key)), json.dumps({"sha256": hashlib.sha256(b"").hexdigest(), "size": 0, "ref": layout.head_ref(key)}).encode())
     else:
         store.put_bytes(layout.run_complete_key(key), json.dumps({"snapshots": []}).encode())
