@@ -110,6 +110,24 @@ def config_file(data: bytes):
     return go
 
 
+def config_with(**changes):
+    """The row's config with top-level keys replaced (dotted keys reach into a section)."""
+    def go(p: Paths) -> None:
+        cfg = json.loads(json.dumps(CONFIG))
+        for key, value in changes.items():
+            node, parts = cfg, key.split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = value
+        p.config.write_text(yaml.safe_dump(cfg))
+
+    return go
+
+
+def sweep_dry_run(p: Paths) -> list[str]:
+    return p.orch("sweep", "--dry-run")
+
+
 def without(key: str):
     def edit(m: dict) -> dict:
         m.pop(key)
@@ -248,6 +266,42 @@ ROWS = [
     Row("tables-draw-record-truncated", lambda p: ["orchestrator", "tables", "--bucket", f"file://{p.bucket}", "--experiment", EXPERIMENT,
                                                    "--cache-dir", str(p.bucket.parent / "cache")],
         write("{draw}", truncate), r"draws/s0-\w+\.json"),
+    # ---- config values, refused when the config loads (before any stage, --dry-run included) ----
+    *[Row(f"config-{name}", sweep_dry_run, config_with(**changes), expect) for name, changes, expect in [
+        ("lr-nan", {"grid.learning_rates": [float("nan")]}, r"grid\.learning_rates\[0\]: must be a finite number > 0"),
+        ("lr-negative", {"grid.learning_rates": [-1e-5]}, r"grid\.learning_rates\[0\]: must be a finite number > 0"),
+        ("lr-zero", {"grid.learning_rates": [0.0]}, r"grid\.learning_rates\[0\]: must be a finite number > 0"),
+        ("lr-a-word", {"grid.learning_rates": ["fast"]}, r"grid\.learning_rates\[0\]: expected a number"),
+        ("lr-duplicates", {"grid.learning_rates": [1e-5, 1e-5]}, r"grid\.learning_rates: has duplicates"),
+        ("batch-zero", {"grid.batch_sizes": [0]}, r"grid\.batch_sizes\[0\]: must be >= 1"),
+        ("batch-fraction", {"grid.batch_sizes": [1.5]}, r"grid\.batch_sizes\[0\]: expected an integer"),
+        ("no-seeds", {"grid.seeds": []}, r"grid\.seeds: needs at least one value"),
+        ("head-lr-inf", {"head.enabled": True, "head.learning_rate": float("inf")}, r"head\.learning_rate: must be a finite number > 0"),
+        ("head-batch-zero", {"head.enabled": True, "head.batch_size": 0}, r"head\.batch_size: must be >= 1"),
+        ("epochs-zero", {"epochs": 0}, r"epochs: must be >= 1"),
+        ("epochs-negative", {"epochs": -3}, r"epochs: must be >= 1"),
+        ("warmup-above-one", {"warmup_ratio": 1.5}, r"warmup_ratio: must be in \[0, 1\)"),
+        ("warmup-negative", {"warmup_ratio": -0.1}, r"warmup_ratio: must be in \[0, 1\)"),
+        ("eval-batch-zero", {"eval_batch_size": 0}, r"eval_batch_size: must be >= 1"),
+        ("precision-unknown", {"precision": "fp8"}, r"precision: must be one of fp16, bf16, fp32"),
+        ("ner-labels-unknown", {"ner_labels": "every-token"}, r"ner_labels: must be one of"),
+        ("qa-questions-unknown", {"qa_questions": "short"}, r"qa_questions: must be one of"),
+        ("snapshot-every-no-unit", {"snapshot_every": "4"}, r"snapshot_every: expected 'N epochs' or 'N steps'"),
+        ("snapshot-every-hours", {"snapshot_every": "2 hours"}, r"snapshot_every: expected 'N epochs' or 'N steps'"),
+        ("snapshot-every-not-dividing", {"snapshot_every": "2 epochs"}, r"every 2 epochs does not divide the run of 3 epochs"),
+        ("snapshot-every-fraction", {"snapshot_every": "0.3 epochs"}, r"0\.3 epochs does not divide an epoch"),
+        ("snapshot-both-schedules", {"snapshot_every": "1 epoch", "snapshots_per_epoch": 2}, r"either snapshot_every or snapshots_per_epoch"),
+        ("micro-batch-not-dividing", {"micro_batch_size": 5}, r"micro_batch_size: 5 must divide every batch size"),
+        ("runs-per-draw-zero", {"draws.runs_per_draw": 0}, r"count and runs_per_draw must be >= 1"),
+        ("soup-zero", {"draws.methods": ["soup-0"]}, r"soup-0"),
+        ("method-unknown", {"draws.methods": ["r-best"]}, r"unknown averaging method 'r-best'"),
+        ("drop-averages-unfused", {"draws.keep_averages": False}, r"keep_averages: false needs fused_evaluate"),
+        ("unknown-key", {"learning_rate": 1e-5}, r"unknown field\(s\) learning_rate"),
+        ("unknown-task", {"task": "pos"}, r"task 'pos'|unknown task 'pos'|no default data for task 'pos'"),
+        ("unknown-target", {"data": {"train": {"dataset": "synthetic-nli", "language": "en", "split": "train"},
+                                     "dev": {"dataset": "synthetic-nli", "language": "en", "split": "validation"},
+                                     "targets": [{"dataset": "xnli", "languages": ["tlh"]}]}}, r"xnli has no language 'tlh'"),
+    ]],
 ]
 
 
