@@ -9,7 +9,7 @@ Questions (`TrainSpec.qa_questions`): `full` (default, the paper's code) keeps e
 whole and windows only the context (`truncation="only_second"`). A question so long that a
 window would have no room for `stride + 1` context tokens cannot be windowed at all (the Hugging
 Face tokenizer refuses it; the paper's code would stop there): such a question, and only such a
-question, is cut to the longest length that leaves that room, and the job logs how many were
+question, is cut to the longest length that leaves that room (two tokens to spare), and the job logs how many were
 cut. `truncated` cuts every question to 64 tokens (at 384; see `window_settings`) first, as this
 project did before.
 """
@@ -80,8 +80,9 @@ class QATask:
         questions = [e["question"].lstrip() for e in examples]
         if self.questions == "truncated":
             questions = _truncate_questions(tokenizer, questions, max_query)
-        else:  # only questions that leave no room for a window: <s> q </s></s> context(stride + 1) </s>
-            cut = _truncate_questions(tokenizer, questions, max_length - 4 - stride - 1)
+        else:  # only questions that leave no room for a window: <s> q </s></s> context(stride + 1) </s>;
+            # two tokens to spare: a question cut at a character offset may re-tokenise one longer
+            cut = _truncate_questions(tokenizer, questions, max_length - 4 - stride - 3)
             n_cut = sum(a != b for a, b in zip(cut, questions))
             if n_cut:
                 log.warning("%d of %d questions are too long for a %d-token window with stride %d; cut to fit", n_cut, len(questions), max_length, stride)

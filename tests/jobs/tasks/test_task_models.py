@@ -80,3 +80,30 @@ def test_every_task_has_its_head_in_the_model():
         assert task.head_prefixes[0] == prefix  # nli also names bert.pooler. (tests/jobs/test_e5_preset.py)
         head = [k for k in model.state_dict() if k.startswith(task.head_prefixes)]
         assert head and all(not k.startswith("roberta.") for k in head)
+
+
+def test_qa_questions_stay_whole_unless_they_leave_no_room_for_a_window(caplog):
+    """The paper's code tokenizes with truncation="only_second": only the context is cut. The
+    project's old mode cut questions to 64 tokens first; a question too long for any window is
+    cut to fit (and logged) in the default mode."""
+    tok = load_tokenizer("tiny")
+    context = " ".join(f"word{i}" for i in range(200))
+    question = " ".join(f"q{i}" for i in range(40)) + " ?"  # over 64 tokens
+    n_question = len(tok(question, add_special_tokens=False)["input_ids"])
+    assert n_question > 64
+    example = [{"id": "1", "question": question, "context": context, "answers": []}]
+
+    def question_tokens(features):
+        ids = features[0]["input_ids"]
+        return ids[1 : ids.index(tok.sep_token_id)]
+
+    full = get_task("tydiqa").encode(tok, example, 384)
+    assert len(question_tokens(full)) == n_question  # whole, as the original
+    cut = get_task("tydiqa", questions="truncated").encode(tok, example, 384)
+    assert len(question_tokens(cut)) <= 65  # cut at the 64th token's character end, then re-tokenised (as before)
+    # at 128 tokens (stride 30) a 64+-token question leaves no room for 31 context tokens: cut to fit
+    with caplog.at_level("WARNING", logger="jobs"):
+        tight = get_task("tydiqa").encode(tok, example, 128)
+    assert len(question_tokens(tight)) <= 128 - 4 - 30 - 1 and "too long" in caplog.text
+    assert all(len(f["input_ids"]) <= 128 for f in tight)
+    assert get_task("tydiqa").feature_tag != get_task("tydiqa", questions="truncated").feature_tag
