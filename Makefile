@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_BUCKET ?= file://.demo/store
+TEST_WORKERS ?= 2  # pytest-xdist workers (a test module stays on one worker: its fixtures run once)
 
 .PHONY: install demo test lint clean replicate
 
@@ -26,7 +27,7 @@ replicate: install  # the paper's experiment on a real pretrained encoder (bench
 	bash bench/replication/run.sh $(if $(filter command line environment,$(origin TASK)),$(TASK),ner)
 
 test: install
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/lint-imports

@@ -29,10 +29,20 @@ def progress(iterable=None, **kwargs):
     return tqdm(iterable, disable=not show, file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
-def build_model(task, base_model: str):
-    """The task's model class built from the base model's config (no weights read)."""
+def build_model(task, base_model: str, init: bool = True):
+    """The task's model class built from the base model's config (no weights read).
+
+    `init=False` skips the random initialisation (the parameters hold arbitrary values until a
+    state dict is loaded): for a model whose every weight is loaded next, it saves seconds per
+    model (13 s of multilingual-e5-small's 96 M embedding rows on a busy core) and draws nothing
+    from the global RNG."""
     config = load_config(base_model, **task.model_kwargs())
     cls = task.model_class()
+    if not init:
+        from transformers.initialization import no_init_weights
+
+        with no_init_weights():
+            return cls.from_config(config)
     torch.manual_seed(0)
     return cls.from_config(config)
 
@@ -65,7 +75,7 @@ def load_model_from_file(task, base_model: str, path, ref: str):
     (model `ref`, for messages) into it."""
     from safetensors.torch import load_file
 
-    model = build_model(task, base_model)
+    model = build_model(task, base_model, init=False)  # every weight comes from the file (checked below)
     state = load_file(str(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [m for m in missing if not m.endswith("position_ids")]:
