@@ -197,10 +197,13 @@ class ExperimentConfig:
     draws: DrawSettings = field(default_factory=DrawSettings)
 
     def __post_init__(self):
-        if self.epochs is None:
+        paper_epochs = self.epochs is None
+        if paper_epochs:
             object.__setattr__(self, "epochs", DEFAULT_EPOCHS.get(self.task, 10))
         if self.snapshot_every is None and self.snapshots_per_epoch is None:
-            object.__setattr__(self, "snapshot_every", DEFAULT_SNAPSHOT_EVERY.get(self.task, "1 epochs"))
+            # the paper's interval goes with the paper's epochs; a run of other length snapshots every epoch
+            every = DEFAULT_SNAPSHOT_EVERY.get(self.task, "1 epochs") if paper_epochs else "1 epochs"
+            object.__setattr__(self, "snapshot_every", every)
         if self.snapshot_every is not None:
             object.__setattr__(self, "snapshot_every", canonical_snapshot_every(self.snapshot_every))
 

@@ -81,6 +81,7 @@ def _mean(scores: dict[str, float]) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # about 2-4 minutes on 2 idle cores; far more beside other CPU work
 def test_real_model_beats_random_weights_and_the_majority_class_zero_shot(tmp_path, realdata_dir):
     train, dev, targets = _data(realdata_dir)
     scores, seconds = {}, {}

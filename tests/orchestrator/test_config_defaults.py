@@ -36,6 +36,11 @@ def test_paper_defaults_are_written_into_every_spec(task, epochs, every, option)
     assert spec.snapshot_count() == 10
 
 
+def test_tydiqa_with_its_own_epochs_snapshots_every_epoch():
+    cfg = load_config(None, {"task": "tydiqa", "epochs": 6})
+    assert (cfg.epochs, cfg.snapshot_every) == (6, "1 epochs")
+
+
 @pytest.mark.parametrize("name", ["tiny-nli", "tiny-ner", "tiny-tydiqa", "realdata-nli", "realdata-ner", "realdata-tydiqa"])
 def test_cpu_configs_say_fp32(name):
     cfg = load_config(f"{REPO_CONFIGS}/{name}.yaml", {})
