@@ -23,7 +23,7 @@ $(BIN)/orchestrator: pyproject.toml constraints.txt
 demo: install
 	$(BIN)/orchestrator pipeline --config configs/tiny-nli.yaml --bucket $(DEMO_BUCKET)
 
-replicate: install  # the paper's experiment on a real pretrained encoder (bench/replication/, ~1 h on 2 cores)
+replicate: install  # the paper's experiment on a real pretrained encoder (bench/replication/, ~2 h on 2 cores)
 	bash bench/replication/run.sh $(if $(filter command line environment,$(origin TASK)),$(TASK),ner)
 
 test: install
