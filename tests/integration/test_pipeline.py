@@ -13,6 +13,9 @@ from jobs import layout
 from jobs.store import open_store
 from orchestrator.cli import main
 
+# whole pipelines of real job processes: minutes on 2 idle cores, far more beside other CPU work
+pytestmark = pytest.mark.timeout(1500)
+
 CONFIG = {
     "task": "nli",
     "base_model": "tiny",

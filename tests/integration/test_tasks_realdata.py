@@ -22,6 +22,9 @@ from jobs.spec import DatasetRef, EvaluateSpec, HeadRef, TrainSpec
 from jobs.store import open_store
 from jobs.train import run_train
 
+# whole pipelines of real job processes: minutes on 2 idle cores, far more beside other CPU work
+pytestmark = pytest.mark.timeout(1500)
+
 R = "{root}"
 CASES = {
     "nli": dict(

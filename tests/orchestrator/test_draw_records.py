@@ -33,6 +33,9 @@ from orchestrator.context import open_experiment
 
 from tests.jobs.test_average_support import commit_run
 
+# whole pipelines of real job processes: minutes on 2 idle cores, far more beside other CPU work
+pytestmark = pytest.mark.timeout(1500)
+
 # two snapshots per run; soup-3 at k=1 therefore averages 2 snapshots
 BASE = {
     "task": "nli",

@@ -24,6 +24,9 @@ from orchestrator.cli import main
 from orchestrator.commands import soup as soup_cmd
 from orchestrator.context import open_experiment
 
+# whole pipelines of real job processes: minutes on 2 idle cores, far more beside other CPU work
+pytestmark = pytest.mark.timeout(1500)
+
 # tiny and fast: 4 configurations x 2 seeds, one epoch with two snapshots, a few examples
 TINY_SOUP = {
     "task": "nli",
