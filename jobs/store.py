@@ -249,17 +249,7 @@ class LocalStore:
         def create() -> bool:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(data)
-                    try:
-                        os.link(tmp, path)
-                    except FileExistsError:
-                        return False
-                    return True
-                finally:
-                    Path(tmp).unlink(missing_ok=True)
+                return self._exclusive_write(path, lambda f: f.write(data))
             except OSError as e:
                 raise _local_error("write", path, e) from e
 
@@ -302,21 +292,31 @@ class LocalStore:
                     else:
                         os.unlink(path)
                         return True
-                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-                try:
-                    with os.fdopen(fd, "wb") as f, open(path, "rb") as src:
+                def copy(f):
+                    with open(path, "rb") as src:
                         shutil.copyfileobj(src, f, 16 << 20)
-                    try:
-                        os.link(tmp, target)
-                    except FileExistsError:
-                        return False
-                    return True
-                finally:
-                    Path(tmp).unlink(missing_ok=True)
+
+                return self._exclusive_write(target, copy)
             except OSError as e:
                 raise _local_error("write", target, e) from e
 
         return with_retries("create", create)
+
+    @staticmethod
+    def _exclusive_write(path: Path, write) -> bool:
+        """Write a temp file beside `path`, then hard-link it in only if nothing is there (atomic
+        and exclusive). True if this call created `path`, False if it existed."""
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def _atomic_write(self, path: Path, write) -> None:
         try:
