@@ -147,10 +147,20 @@ class DrawSettings:
     # averaged weights at all (a full paper run makes hundreds of XLM-R-large averages)
     fused_evaluate: bool = False
     keep_averages: bool = True
+    # the target splits the fused evaluation scores draw averages on (None: every split). No
+    # table reads a draw average's target-validation score (S-TDEV selects among snapshots), so
+    # [test] spares those forward passes; run averages (CA) are always scored on every split
+    target_splits: Optional[tuple[str, ...]] = None
 
     def validate(self, where: str) -> None:
         if not self.keep_averages and not self.fused_evaluate:
             raise SpecError(f"{where}.keep_averages: false needs fused_evaluate: true, else the averages would be lost unscored")
+        if self.target_splits is not None:
+            if not self.fused_evaluate:
+                raise SpecError(f"{where}.target_splits: applies to the fused evaluation only; set fused_evaluate: true or drop it")
+            bad = [s for s in self.target_splits if s not in ("validation", "test")]
+            if bad or not self.target_splits:
+                raise SpecError(f"{where}.target_splits: a non-empty list of validation, test; got {list(self.target_splits)}")
         if self.output_dtype not in OUTPUT_DTYPES:
             raise SpecError(f"{where}.output_dtype: must be one of {', '.join(OUTPUT_DTYPES)}, got {self.output_dtype!r}")
         for i, m in enumerate(self.methods):

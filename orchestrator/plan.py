@@ -5,7 +5,7 @@ complete in the store is never planned again, so re-running any stage redoes onl
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 from dataclasses import dataclass, field
 
 from jobs import layout
@@ -241,8 +241,13 @@ def average_requests(cfg: ExperimentConfig, uri: str, runs: list[RunInfo], draws
         spec = AverageSpec(methods=("ca",), run_keys=tuple(r.run_key for r in runs), **common)
         stage = "average-gpu" if evaluation else "average"
         out.append(JobRequest("average", stage, f"average-{cfg.task}-ca", spec, {"stage": stage, "task": cfg.task}))
+    if evaluation is not None and d.target_splits is not None:
+        draw_common = dict(common, evaluate=dataclasses.replace(
+            evaluation, targets=tuple(ref for ref in evaluation.targets if ref.split in d.target_splits)))
+    else:
+        draw_common = common
     for draw in draws:
-        spec = AverageSpec(methods=tuple(d.methods), run_keys=draw.run_keys, draw_seed=draw.seed, **common)
+        spec = AverageSpec(methods=tuple(d.methods), run_keys=draw.run_keys, draw_seed=draw.seed, **draw_common)
         stage = "average-gpu" if evaluation or "greedy" in d.methods else "average"
         out.append(JobRequest("average", stage, f"average-{cfg.task}-draw{draw.seed}", spec, {"stage": stage, "task": cfg.task, "draw": draw.seed}))
     return out

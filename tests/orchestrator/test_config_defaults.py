@@ -109,3 +109,24 @@ def test_a_schedule_the_local_data_cannot_give_is_refused_at_load(tmp_path, real
     path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(SpecError, match="does not divide the run of 188 steps"):
         load_config(str(path), {})
+
+
+def test_draw_averages_can_be_scored_on_test_splits_only():
+    cfg = load_config(None, {"task": "ner", "base_model": "tiny", "draws.fused_evaluate": True, "draws.target_splits": ["test"]})
+    from jobs.draws import Draw, RunInfo
+
+    runs = [RunInfo(run_key=f"r{i}", learning_rate=1e-5, batch_size=32, seed=i) for i in range(2)]
+    draw = Draw(seed=0, k=2, run_keys=("r0", "r1"))
+    ca, draw_job = plan.average_requests(cfg, "file:///x/exp", runs, [draw])
+    assert {r.split for r in ca.spec.evaluate.targets} == {"validation", "test"}  # CA models: every split
+    assert {r.split for r in draw_job.spec.evaluate.targets} == {"test"}
+    assert len(draw_job.spec.evaluate.targets) == len(ca.spec.evaluate.targets) // 2
+
+
+@pytest.mark.parametrize("draws, message", [
+    ({"draws.target_splits": ["test"]}, "applies to the fused evaluation only"),
+    ({"draws.fused_evaluate": True, "draws.target_splits": ["dev"]}, "a non-empty list of validation, test"),
+])
+def test_bad_draw_target_splits_are_refused(draws, message):
+    with pytest.raises(SpecError, match=message):
+        load_config(None, {"task": "ner", "base_model": "tiny", **draws})
