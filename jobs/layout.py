@@ -6,6 +6,9 @@ a model is committed once `<ref>/manifest.json` exists (it is always written las
 from __future__ import annotations
 
 import re
+from typing import Iterable, Optional
+
+from jobs.hashing import short_hash
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
@@ -53,6 +56,29 @@ def run_average_ref(run_key: str) -> str:
 
 def head_ref(run_key: str) -> str:
     return f"heads/{run_key}"
+
+
+def draw_hash(run_keys: Iterable[str]) -> str:
+    """The 8-hex-digit name of a draw's ordered run list (its record and averages live under it)."""
+    return short_hash(list(run_keys), 8)
+
+
+def ref_kind(ref: str) -> Optional[str]:
+    """'snapshot', 'run-average' (a run's CA), 'draw-average', 'head', or None for anything else."""
+    parts = ref.strip("/").split("/")
+    if parse_snapshot_ref(ref):
+        return "snapshot"
+    if len(parts) == 3 and parts[0] == "runs" and parts[2] == "ca":
+        return "run-average"
+    if len(parts) == 4 and parts[0] == "averages":
+        return "draw-average"
+    if len(parts) == 2 and parts[0] == "heads":
+        return "head"
+    return None
+
+
+def is_average_ref(ref: str) -> bool:
+    return ref_kind(ref) in ("run-average", "draw-average")
 
 
 def draw_key(draw_seed: int, draw_hash: str) -> str:

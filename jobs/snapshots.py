@@ -183,6 +183,12 @@ def is_committed(store: ObjectStore, ref: str) -> bool:
     return store.exists(layout.manifest_key(ref))
 
 
+def is_average_done(store: ObjectStore, ref: str) -> bool:
+    """An average is done once committed, or once evaluated (gc, or keep_averages: false, may
+    then have left no weights)."""
+    return is_committed(store, ref) or store.exists(layout.results_key(ref))
+
+
 def _bad(where: str, what: str) -> MalformedManifest:
     return MalformedManifest(f"manifest {where}: {what}")
 

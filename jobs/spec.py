@@ -7,7 +7,6 @@ a bucket, changing a deadline or a resource request never retrains anything.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import types
@@ -16,13 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from jobs.errors import SpecError
+from jobs.hashing import canonical_json, short_hash  # noqa: F401  (re-exported: older imports)
 
 SPEC_VERSION = 1
-
-
-def canonical_json(obj: Any) -> str:
-    """Sorted keys, no whitespace, floats in repr form (json's default): stable across runs."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _drop_none(value: Any) -> Any:
@@ -30,10 +25,6 @@ def _drop_none(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _drop_none(v) for k, v in value.items() if v is not None}
     return value
-
-
-def short_hash(obj: Any, length: int = 16) -> str:
-    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
