@@ -17,7 +17,7 @@ $(BIN)/orchestrator: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,e5]' -c constraints.txt  # every transitive version pinned
+	$(BIN)/pip install -q -e '.[test,e5,bench]' -c constraints.txt  # every transitive version pinned
 	@touch $@
 
 demo: install

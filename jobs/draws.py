@@ -16,6 +16,8 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Optional
 
+from jobs.layout import draw_hash
+
 DRAWS_PREFIX = "draws/"
 
 
@@ -103,12 +105,6 @@ class Draw:
         if data.get("hash") is not None and data["hash"] != draw.hash:
             raise ValueError(f"hash {data['hash']} does not match its run keys (their hash is {draw.hash})")
         return draw
-
-
-def draw_hash(run_keys: Iterable[str]) -> str:
-    from jobs.spec import short_hash
-
-    return short_hash(list(run_keys), 8)
 
 
 def utc_now() -> str:

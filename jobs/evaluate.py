@@ -3,12 +3,14 @@
 Run it as `python -m jobs evaluate --spec spec.json`. Writes one results parquet per model
 (jobs.results); models whose results already exist are skipped, so a retry redoes only
 what is missing. The average job uses the same Evaluator to score its averages itself
-(fused average-then-evaluate, AverageSpec.evaluate).
+(fused average-then-evaluate, AverageSpec.evaluate). In pods and logs it prints a progress line
+(jobs.progress): models done/total and sets done/total.
 """
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Callable
 
 from jobs import layout
 from jobs.common import load_model_from_file, load_model_from_ref, log, progress, ref_kind, setup_torch
@@ -16,6 +18,7 @@ from jobs.data.cache import encode_cached
 from jobs.errors import PermanentError, TemporaryError
 from jobs.faults import failpoint
 from jobs.models import load_tokenizer
+from jobs.progress import Progress, job_name
 from jobs.results import results_frame, to_parquet_bytes
 from jobs.scratch import scratch_dir
 from jobs.snapshots import WeightsCache, read_manifest
@@ -31,7 +34,10 @@ def experiment_name(uri: str) -> str:
 class Evaluator:
     """Scores models of one experiment on the source dev set and every target set.
 
-    The sets are loaded and tokenised once, for every model this evaluator scores."""
+    The sets are loaded and tokenised once, for every model this evaluator scores. `on_set`, if
+    set, is called after each set of each model is scored (progress lines)."""
+
+    on_set: Callable[[], None] | None = None
 
     def __init__(self, store: ObjectStore, experiment_uri: str, task_name: str, settings: Evaluation, num_threads: int | None = None):
         self.store = store
@@ -48,12 +54,12 @@ class Evaluator:
 
     def evaluate_stored(self, ref: str, cache: WeightsCache) -> None:
         """Score a committed model and write its results."""
-        model, manifest = load_model_from_ref(self.task, self.settings.base_model, self.store, ref, cache)
+        model, manifest = load_model_from_ref(self.task, self.settings.base_model, self.store, ref, cache, device=self.device)
         self.write(ref, self.score(ref, model, manifest))
 
     def score_file(self, ref: str, path: str | Path, manifest: dict) -> list[dict]:
         """Result rows of model `ref` whose weights are the local file `path` (not stored yet)."""
-        return self.score(ref, load_model_from_file(self.task, self.settings.base_model, path, ref), manifest)
+        return self.score(ref, load_model_from_file(self.task, self.settings.base_model, path, ref, device=self.device), manifest)
 
     def score(self, ref: str, model, manifest: dict) -> list[dict]:
         from jobs.train import eval_autocast
@@ -92,6 +98,8 @@ class Evaluator:
                     values = task.evaluate(model, self.tokenizer, examples, features, self.settings.batch_size)  # primary metric first
             for metric, value in values.items():
                 rows.append(dict(base, metric=metric, dataset=dref.dataset, language=dref.language, split=dref.split, value=value, n_examples=len(examples)))
+            if self.on_set is not None:
+                self.on_set()
         return rows
 
     def write(self, ref: str, rows: list[dict]) -> None:
@@ -126,18 +134,33 @@ def run_evaluate(spec: EvaluateSpec, scratch: Path | None = None, force: bool = 
     written: list[str] = []
     if manifests:
         evaluator = Evaluator(store, spec.experiment_uri, spec.task, spec.evaluation(), spec.num_threads)
-        with (contextlib.nullcontext(Path(scratch)) if scratch else scratch_dir("evaluate")) as work:
-            cache = WeightsCache(store, Path(work) / "cache")
-            for ref in progress(list(manifests), desc="evaluate", unit="model"):
-                failpoint("evaluate.model")
-                try:
-                    evaluator.evaluate_stored(ref, cache)
-                except TemporaryError:
-                    raise
-                except PermanentError as e:
-                    could_not(ref, e)
-                    continue
-                written.append(ref)
+        line = Progress("evaluate", len(manifests), "models", store=store, job=job_name("evaluate"))
+        models_done, sets_done, sets_total = 0, 0, len(manifests) * len(evaluator.sets)
+
+        def set_scored() -> None:
+            nonlocal sets_done
+            sets_done += 1
+            line.update(models_done, f"sets {sets_done}/{sets_total}", fraction=sets_done / sets_total)
+
+        evaluator.on_set = set_scored
+        try:
+            with (contextlib.nullcontext(Path(scratch)) if scratch else scratch_dir("evaluate")) as work:
+                cache = WeightsCache(store, Path(work) / "cache")
+                for ref in progress(list(manifests), desc="evaluate", unit="model"):
+                    failpoint("evaluate.model")
+                    try:
+                        evaluator.evaluate_stored(ref, cache)
+                    except TemporaryError:
+                        raise
+                    except PermanentError as e:
+                        could_not(ref, e)
+                        continue
+                    finally:
+                        models_done += 1
+                        sets_done = models_done * len(evaluator.sets)  # a model that failed part-way counts whole
+                    written.append(ref)
+        finally:
+            line.close()
     if failed:
         names = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
         raise PermanentError(f"{len(failed)} of {len(todo)} model(s) could not be evaluated ({names}); the other {len(written)} were")

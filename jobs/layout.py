@@ -104,3 +104,56 @@ def results_key(ref: str) -> str:
 
 def log_key(job_name: str) -> str:
     return f"logs/{job_name}.log"
+
+
+PROGRESS_SUFFIX = ".progress"
+
+
+def progress_key(job_name: str) -> str:
+    """A running job's latest progress line (jobs/progress.py); deleted when the job ends."""
+    return f"logs/{job_name}{PROGRESS_SUFFIX}"
+
+
+# --- prefixes and key parsing (the orchestrator lists and reads keys through these) -----------
+
+RUNS = "runs/"
+HEADS = "heads/"
+AVERAGES = "averages/"
+DRAWS = "draws/"
+RESULTS = "results/"
+MODEL_PREFIXES = (RUNS, HEADS, AVERAGES)  # where committed models (a manifest under a ref) live
+
+
+def snapshots_prefix(run_key: str) -> str:
+    return f"runs/{run_key}/snapshots/"
+
+
+def manifest_ref(key: str) -> Optional[str]:
+    """The ref whose manifest `key` is (`<ref>/manifest.json`), or None for any other key."""
+    ref, _, name = key.strip("/").rpartition("/")
+    return ref if name == MANIFEST and ref else None
+
+
+def weights_ref(key: str) -> Optional[str]:
+    """The ref whose weights file `key` is (`<ref>/model.safetensors`), or None for any other key."""
+    ref, _, name = key.strip("/").rpartition("/")
+    return ref if name == WEIGHTS and ref else None
+
+
+def completed_run(key: str) -> Optional[str]:
+    """The run key of a completion marker (`runs/<run>/complete.json`), or None for any other key."""
+    parts = key.strip("/").split("/")
+    return parts[1] if len(parts) == 3 and parts[0] == "runs" and parts[2] == "complete.json" else None
+
+
+def is_record_key(key: str) -> bool:
+    """A JSON record that is not a manifest: a draw record, a run's spec or its completion marker."""
+    parts = key.strip("/").split("/")
+    if parts[0] == DRAWS.rstrip("/"):
+        return key.endswith(".json")
+    return len(parts) == 3 and parts[0] == "runs" and parts[2] in ("spec.json", "complete.json")
+
+
+def draw_record_copy_key(draw_seed: int, draw_hash: str) -> str:
+    """A copy of the draw record beside the draw's averages (`averages/s<seed>-<hash>/draw.json`)."""
+    return f"averages/s{draw_seed}-{draw_hash}/draw.json"

@@ -11,9 +11,10 @@ import json
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from jobs.averaging.methods import DRAWS, EXPLICIT, MODES, RUN_AVERAGES, get_method
 from jobs.errors import SpecError
 from jobs.hashing import canonical_json, short_hash  # noqa: F401  (re-exported: older imports)
 
@@ -384,30 +385,16 @@ class Evaluation:
         check_task_options(self, f"{where}." if where else "")
 
 
-AVERAGE_METHODS = ("ca", "r-last", "r-dev", "r-ca", "greedy", "uniform")  # plus soup-N for any N >= 1
 OUTPUT_DTYPES = ("fp32", "bf16", "fp16")
-
-
-def check_method(method: str, where: str = "methods") -> str:
-    if method in AVERAGE_METHODS:
-        return method
-    if method.startswith("soup-"):
-        n = method[len("soup-"):]
-        if n.isascii() and n.isdigit() and int(n) >= 1:
-            if n != str(int(n)):  # soup-05 would name other files and table columns than soup-5
-                raise SpecError(f"{where}: write {method!r} as 'soup-{int(n)}' (N without leading zeros)")
-            return method
-        raise SpecError(f"{where}: {method!r} needs a positive N, e.g. soup-5 (soup-0 would silently mean 'all')")
-    raise SpecError(f"{where}: unknown averaging method {method!r}; known: {', '.join(AVERAGE_METHODS)}, soup-N")
 
 
 @dataclass(frozen=True)
 class AverageSpec:
-    """Average stored snapshots.
+    """Average stored snapshots, in one of three modes (methods: jobs.averaging.methods):
 
-    - per-run CA: `methods=("ca",)`, `run_keys=(KEY,)`: all snapshots of one run;
-    - a draw: `draw_seed` set, `run_keys` in draw order: every method for every k = 1..K;
-    - an explicit list: `methods=("uniform",)`, `refs=(...)`, written to `output_ref`.
+    - `run-averages`: `methods=("ca",)`, `run_keys`: each run's CA (all snapshots of the run);
+    - `draws`: `draw_seed` set, `run_keys` in draw order: every method for every k = 1..K;
+    - `explicit`: `methods=("uniform",)`, `refs=(...)`, averaged into `output_ref`.
     """
 
     experiment_uri: str
@@ -417,6 +404,9 @@ class AverageSpec:
     draw_seed: Optional[int] = None
     refs: tuple[str, ...] = ()
     output_ref: Optional[str] = None
+    # None only in specs written before the field existed (and in callers that still leave it
+    # out): __post_init__ reads their mode from their shape, the one place that does
+    mode: Optional[str] = None
     output_dtype: str = "fp32"  # fp32 | bf16 | fp16: the stored averages' float dtype (sums are fp32 or fp64)
     # fused average-then-evaluate: score every average in this job (results parquet as the
     # evaluate job writes them); then `keep_averages: false` stores no weights at all
@@ -426,27 +416,42 @@ class AverageSpec:
     deadline_seconds: Optional[int] = None
     version: int = SPEC_VERSION
 
+    def __post_init__(self):
+        if self.mode is None:
+            # a spec of the old shape, which said its mode through its methods: 'uniform' was an
+            # explicit list, exactly ('ca',) the run averages, anything else a draw
+            methods = tuple(self.methods or ())
+            mode = EXPLICIT if "uniform" in methods else RUN_AVERAGES if methods == ("ca",) else DRAWS
+            object.__setattr__(self, "mode", mode)
+
     def validate(self, where: str = "") -> None:
         p = f"{where}." if where else ""
+        if self.mode not in MODES:
+            raise SpecError(f"{p}mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not self.methods:
             raise SpecError(f"{p}methods: name at least one method")
         if self.output_dtype not in OUTPUT_DTYPES:
             raise SpecError(f"{p}output_dtype: must be one of {', '.join(OUTPUT_DTYPES)}, got {self.output_dtype!r}")
-        for i, m in enumerate(self.methods):
-            check_method(m, f"{p}methods[{i}]")
+        methods = [get_method(m, f"{p}methods[{i}]") for i, m in enumerate(self.methods)]
         if not self.keep_averages and self.evaluate is None:
             raise SpecError(f"{p}keep_averages: false needs evaluate settings, else the averages would be lost unscored")
-        if "uniform" in self.methods:
-            if len(self.methods) != 1 or not self.refs or not self.output_ref:
+        if self.mode == EXPLICIT:
+            if len(methods) != 1 or methods[0].mode != EXPLICIT or not self.refs or not self.output_ref:
                 raise SpecError(f"{p}methods: 'uniform' needs refs and output_ref and no other method")
-        elif self.methods == ("ca",):
+        elif self.mode == RUN_AVERAGES:
+            for i, m in enumerate(methods):
+                if m.mode != RUN_AVERAGES:
+                    raise SpecError(f"{p}methods[{i}]: {m.id!r} is not a per-run method (mode run-averages computes 'ca')")
             if len(self.run_keys) < 1:
                 raise SpecError(f"{p}run_keys: per-run CA needs at least one run key")
         else:
             if self.draw_seed is None or not self.run_keys:
                 raise SpecError(f"{p}draw_seed: draw methods need draw_seed and the draw's run_keys in order")
-            if "ca" in self.methods:
-                raise SpecError(f"{p}methods: 'ca' is per run; average draws and runs in separate specs")
+            for i, m in enumerate(methods):
+                if m.mode == RUN_AVERAGES:
+                    raise SpecError(f"{p}methods: {m.id!r} is per run; average draws and runs in separate specs")
+                if m.mode != DRAWS:
+                    raise SpecError(f"{p}methods[{i}]: {m.id!r} is not a draw method")
 
 
 SPEC_TYPES: dict[str, type] = {"train": TrainSpec, "evaluate": EvaluateSpec, "average": AverageSpec}

@@ -216,10 +216,6 @@ class ReadCounter:
             if new_read:
                 self.reads_by_key[key] = self.reads_by_key.get(key, 0) + 1
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.bytes_by_key.values())
-
 
 class LocalStore:
     """A folder on local disk; writes go to a temp file in the same folder, then os.replace."""

@@ -56,9 +56,6 @@ class TensorInfo:
     def is_float(self) -> bool:
         return self.dtype in ("F64", "F32", "F16", "BF16")
 
-    def same_layout(self, other: "TensorInfo") -> bool:
-        return self.dtype == other.dtype and self.shape == other.shape
-
 
 def parse_header(raw: bytes, file_size: int, where: str) -> tuple[dict[str, TensorInfo], dict, int]:
     """Tensor infos, metadata and data start of a safetensors file from its first bytes."""
@@ -85,18 +82,6 @@ def parse_header(raw: bytes, file_size: int, where: str) -> tuple[dict[str, Tens
             raise HeaderError(f"{where}: tensor {name} lies outside the file's data (truncated or corrupted)")
         infos[name] = info
     return infos, meta, 8 + n
-
-
-def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict]:
-    """Tensor infos and metadata of a safetensors file, reading only its header."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) == 8:
-            (n,) = struct.unpack("<Q", head)
-            head += f.read(min(n, MAX_HEADER))
-    infos, meta, _ = parse_header(head, size, str(path))
-    return infos, meta
 
 
 class MappedFile:

@@ -7,11 +7,17 @@ generator (torch CPU and CUDA, Python, NumPy) and the step (the batch order is a
 one. The training curve up to a snapshot is committed with that snapshot. A finished run is
 skipped.
 
+The loop never waits on the host: the loss stays on the device and is read only for the curve
+(at snapshots and at the end) and for the progress line (jobs.progress, every
+XLT_PROGRESS_SECONDS); inputs go to a GPU from pinned memory without blocking; fp32 runs use
+TF32 matmuls on a GPU (XLT_TF32=0 turns them off; docs/fidelity.md). Snapshots are committed by
+a worker thread while training goes on (jobs.train_commits).
+
 Fail points for fault tests (jobs.faults, e.g. `XLT_FAILPOINTS=train.step@5=kill`):
 `train.step` after each optimizer step, `train.snapshot-written` before a snapshot's files are
 stored, `commit.before-manifest` (jobs.snapshots) between its weights and its manifest,
 `train.after-snapshot` after its manifest (before the run's curve.parquet), `train.before-run-sum`,
-`train.before-complete`.
+`train.before-complete`. The snapshot points fire in the commit worker's thread.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +40,15 @@ from jobs.data.cache import encode_cached
 from jobs.errors import PermanentError, SpecError
 from jobs.faults import failpoint
 from jobs.models import load_tokenizer
+from jobs.progress import Progress, job_name
 from jobs.scratch import scratch_dir, sweep
-from jobs.snapshots import AlreadyCommitted, WeightsCache, adopt_committed, commit_model, read_manifest, save_state_dict
+from jobs.snapshots import AlreadyCommitted, WeightsCache, adopt_committed, read_manifest
 from jobs.spec import TrainSpec, spec_to_json, to_dict
 from jobs.store import ObjectStore, open_store
 from jobs.tasks import get_task
+from jobs.train_commits import (
+    CommitTimes, CommitWorker, RunCommitter, add_to_sum, commit_head, commit_run_sum, parquet, take_copy,
+)
 
 
 def committed_snapshots(store: ObjectStore, run_key: str) -> list[dict]:
@@ -118,17 +129,49 @@ def load_head(store: ObjectStore, spec: TrainSpec, model, task, cache: WeightsCa
             p.requires_grad_(False)
 
 
-def run_train(spec: TrainSpec, scratch: Path | None = None) -> str:
+def allow_tf32(device: torch.device, precision: str | None) -> bool:
+    """TF32 matmuls for an fp32 run on a GPU (mixed-precision runs do their matmuls in fp16/bf16
+    anyway): about 2x faster fp32 matmuls on Ampere and later, a deviation from the paper's
+    setup (docs/fidelity.md); XLT_TF32=0 keeps full fp32."""
+    if device.type != "cuda" or (precision or "fp32") != "fp32" or os.environ.get("XLT_TF32", "1") == "0":
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True  # the CUDA-only switch (set_float32_matmul_precision also changes CPU matmuls)
+    return True
+
+
+@dataclass
+class TrainStats:
+    """What a train job measured, for the benchmark (bench/train): pass one to run_train."""
+
+    loop_seconds: float = 0.0  # the training loop, snapshots included
+    steps: int = 0  # optimizer steps this job took
+    examples: int = 0
+    first_snapshot_at: float | None = None  # loop seconds when the first snapshot was reached
+    examples_before_snapshot: int = 0
+    snapshots: list = field(default_factory=list)  # jobs.train_commits.CommitTimes per snapshot
+    final_wait: float = 0.0  # the loop's end waiting for the last commit
+    run_sum_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+
+def run_train(spec: TrainSpec, scratch: Path | None = None, *, background_commit: bool = True,
+              stats: TrainStats | None = None) -> str:
     """Train (or resume, or skip) one run; its scratch folder is removed however the job ends
-    (a dead job's is swept by the next job on the machine)."""
-    if scratch is not None:
-        return _run_train(spec, Path(scratch))
-    sweep()
-    with scratch_dir("train") as own:
-        return _run_train(spec, own)
+    (a dead job's is swept by the next job on the machine). `background_commit=False` commits
+    each snapshot inside the loop (the behaviour before; the benchmark's baseline)."""
+    stats = stats if stats is not None else TrainStats()
+    start = time.perf_counter()
+    try:
+        if scratch is not None:
+            return _run_train(spec, Path(scratch), background_commit, stats)
+        sweep()
+        with scratch_dir("train") as own:
+            return _run_train(spec, own, background_commit, stats)
+    finally:
+        stats.total_seconds = time.perf_counter() - start
 
 
-def _run_train(spec: TrainSpec, scratch: Path) -> str:
+def _run_train(spec: TrainSpec, scratch: Path, background_commit: bool, stats: TrainStats) -> str:
     store = open_store(spec.experiment_uri)
     run_key = spec.run_key
     if store.exists(layout.run_complete_key(run_key)):
@@ -139,6 +182,7 @@ def _run_train(spec: TrainSpec, scratch: Path) -> str:
 
     task = get_task(spec.task, **spec.task_options())
     device = setup_torch(spec.num_threads)
+    allow_tf32(device, spec.precision)
     cache = WeightsCache(store, scratch / "cache")
 
     tokenizer = load_tokenizer(spec.base_model)
@@ -160,12 +204,10 @@ def _run_train(spec: TrainSpec, scratch: Path) -> str:
 
     from transformers import get_linear_schedule_with_warmup
 
-    micro = spec.micro_batch_size or spec.batch_size
-    accumulation = spec.batch_size // micro
     total_steps = steps_per_epoch * spec.epochs
     optimizer = torch.optim.AdamW(
         _decay_groups(model, spec.weight_decay), lr=spec.learning_rate, fused=True
-    )  # fused: ~2x faster than the default on CPU and GPU
+    )  # fused: ~2x faster than the default on CPU and GPU, and it takes fp16's GradScaler checks without a host sync
     scheduler = get_linear_schedule_with_warmup(optimizer, round(spec.warmup_ratio * total_steps), total_steps)
 
     # fp16 needs loss scaling (Lightning's "16-mixed" uses torch's GradScaler); bf16 and fp32 don't
@@ -196,7 +238,7 @@ def _run_train(spec: TrainSpec, scratch: Path) -> str:
 
             curve = [r for r in pd.read_parquet(io.BytesIO(store.get_bytes(curve_source))).to_dict("records") if r["step"] <= step]
         for m in done:  # rebuild the running sum from what is committed
-            run_sum = _add_to_sum(run_sum, load_file(str(cache.path(m["ref"], m))))
+            run_sum = add_to_sum(run_sum, load_file(str(cache.path(m["ref"], m))))
         resume_rng = state.get("rng")
         log.info("resuming run %s at step %d (%d snapshots committed)", run_key, step, len(done))
     else:
@@ -208,24 +250,95 @@ def _run_train(spec: TrainSpec, scratch: Path) -> str:
         if done:  # a trainer state written before RNG states were saved
             log.warning("run %s: the trainer state has no RNG state; later snapshots will differ from an uninterrupted run", run_key)
         torch.manual_seed(spec.seed)
+    committer = RunCommitter(store, spec, run_key, head_sha, task.metric, total_steps, scratch, done, run_sum)
+    line = Progress("train", total_steps, "step", store=store, job=job_name("train", run_key), initial=step)
+    try:
+        worker = CommitWorker(committer.commit, background=background_commit)
+        try:
+            run = _Training(spec, model, tokenizer, task, optimizer, scheduler, scaler, device, train_features, dev_examples,
+                            dev_features, steps_per_epoch, total_steps, snap_steps)
+            if not _train_loop(run, step, curve, committer, worker, line, stats):
+                return run_key  # another job committed a snapshot of this run first: it is that job's now
+        finally:
+            worker.close()  # never leave (nor drop the scratch folder) while a commit is running
+        _finish_run(store, spec, run_key, model, task, committer.run_sum, curve, head_sha, scratch, stats)
+    finally:
+        line.close()
+    return run_key
+
+
+def _finish_run(store, spec, run_key, model, task, run_sum, curve, head_sha, scratch, stats: TrainStats) -> None:
+    """The run-sum (and a head run's head), the whole curve, then the completion marker."""
+    snapshots = committed_snapshots(store, run_key)
+    failpoint("train.before-run-sum")
+    started = time.perf_counter()
+    try:
+        commit_run_sum(store, spec, run_key, run_sum, snapshots, head_sha, scratch)
+        if spec.stage == "head":
+            commit_head(store, spec, run_key, model, task, scratch)
+    except AlreadyCommitted as lost:
+        adopt_committed(store, lost)
+        log.warning("run %s: another job committed %s with other bytes first; this job stops and leaves the run to it", run_key, lost.ref)
+        return
+    stats.run_sum_seconds = time.perf_counter() - started
+    store.put_bytes(layout.curve_key(run_key), parquet(curve))  # also after a resume that had nothing left to train
+    failpoint("train.before-complete")
+    store.put_bytes(
+        layout.run_complete_key(run_key),
+        json.dumps({"run_key": run_key, "snapshots": [m["ref"] for m in snapshots], "spec": to_dict(spec)}, indent=1).encode(),
+    )
+
+
+@dataclass
+class _Training:
+    """What the training loop works with."""
+
+    spec: TrainSpec
+    model: object
+    tokenizer: object
+    task: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    train_features: list
+    dev_examples: list
+    dev_features: list
+    steps_per_epoch: int
+    total_steps: int
+    snap_steps: set
+
+
+def _train_loop(run: _Training, step: int, curve: list[dict], committer: RunCommitter, worker: CommitWorker,
+                line: Progress, stats: TrainStats) -> bool:
+    """Train from `step` to the end, handing each snapshot to the commit worker; False if another
+    job owns the run (a snapshot lost to it). `curve` gets a row every 10 steps and at each
+    snapshot; its losses stay device tensors until a snapshot or the end needs their values."""
+    spec, model, device, optimizer, scheduler, scaler = run.spec, run.model, run.device, run.optimizer, run.scheduler, run.scaler
+    micro = spec.micro_batch_size or spec.batch_size
     mixed = autocast(device, spec.precision)
-    bar = progress(total=total_steps, initial=step, desc=f"train {run_key[:8]}", unit="step")
-    t0, seen = time.perf_counter(), 0
+    cuda = device.type == "cuda"
+    bar = progress(total=run.total_steps, initial=step, desc=f"train {spec.run_key[:8]}", unit="step")
+    t0, seen, first_step = time.perf_counter(), 0, step
+    window = _Window(t0)  # the steps since the last progress line
     trainable = [p for p in model.parameters() if p.requires_grad]
-    while step < total_steps:
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        batches = _epoch_batches(train_features, spec, epoch)
+    while step < run.total_steps:
+        epoch, in_epoch = divmod(step, run.steps_per_epoch)
+        batches = _epoch_batches(run.train_features, spec, epoch)
         for indices in batches[in_epoch:]:
             model.train()
             optimizer.zero_grad(set_to_none=True)
-            loss_total = 0.0
+            loss_total = None  # this step's loss, summed on the device in float64 (the float sum of .item()s it replaces)
             for start in range(0, len(indices), micro):
                 part = indices[start : start + micro]
-                batch = {k: v.to(device) for k, v in _pad([train_features[i] for i in part], tokenizer).items()}
+                batch = _host_attention_mask(model, _pad([run.train_features[i] for i in part], run.tokenizer))
+                batch = {k: (v.pin_memory().to(device, non_blocking=True) if cuda else v.to(device)) if v is not None else None
+                         for k, v in batch.items()}
                 with mixed:
                     loss = model(**batch).loss * (len(part) / len(indices))
                 scaler.scale(loss).backward()
-                loss_total += loss.item()
+                term = loss.detach().double()
+                loss_total = term if loss_total is None else loss_total + term
             scaler.unscale_(optimizer)  # clip the true gradients (a no-op without fp16)
             torch.nn.utils.clip_grad_norm_(trainable, spec.max_grad_norm)
             scaler.step(optimizer)  # skipped when fp16 gradients overflowed, as in Lightning
@@ -233,48 +346,110 @@ def _run_train(spec: TrainSpec, scratch: Path) -> str:
             scheduler.step()
             step += 1
             seen += len(indices)
+            window.add(loss_total, len(indices))
             bar.update(1)
             failpoint("train.step")
-            if step % 10 == 0 or step in snap_steps:
+            worker.check()  # a failed background commit stops the job here, with its exit code
+            if committer.lost:
+                return False
+            if step % 10 == 0 or step in run.snap_steps:
                 elapsed = time.perf_counter() - t0
-                curve.append({"step": step, "epoch": epoch, "loss": loss_total, "learning_rate": scheduler.get_last_lr()[0], "examples_per_s": seen / elapsed if elapsed else 0.0})
-                bar.set_postfix(loss=f"{loss_total:.3f}")
-            if step in snap_steps:
-                with eval_autocast(device, spec.precision):
-                    dev = task.score(model, tokenizer, dev_examples, dev_features, spec.eval_batch_size)
-                state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-                run_sum = _add_to_sum(run_sum, state)
-                try:
-                    _commit_snapshot(store, spec, run_key, step, epoch, step / steps_per_epoch, dev, head_sha, state, optimizer,
-                                     scheduler, scaler, rng_state(device), curve, scratch, done)
-                except AlreadyCommitted as lost:  # a second job trains this run (a retried pod while the first runs)
-                    adopt_committed(store, lost)  # the winner's snapshot checks out, else TemporaryError (exit 75)
-                    log.warning("run %s: another job committed %s with other bytes first; this job stops and leaves the run to it", run_key, lost.ref)
-                    return run_key
-                failpoint("train.after-snapshot")
-                store.put_bytes(layout.curve_key(run_key), _parquet(curve))
-                log.info("run %s step %d/%d: English dev %s %.4f", run_key, step, total_steps, task.metric, dev)
-            if step >= total_steps:
+                curve.append({"step": step, "epoch": epoch, "loss": loss_total, "learning_rate": scheduler.get_last_lr()[0],
+                              "examples_per_s": seen / elapsed if elapsed else 0.0})
+                if not bar.disable:  # an interactive terminal: a sync every 10 steps is fine there
+                    bar.set_postfix(loss=f"{float(loss_total):.3f}")
+            if line.due():
+                loss_mean, rate = window.take()
+                line.update(step, f"loss {loss_mean:.4f}", f"{rate:.1f} ex/s")
+            if step in run.snap_steps:
+                if stats.first_snapshot_at is None:
+                    if cuda:
+                        torch.cuda.synchronize()  # the steps' time, not the host's run-ahead (dev scoring syncs next anyway)
+                    stats.first_snapshot_at, stats.examples_before_snapshot = time.perf_counter() - t0, seen
+                if not _hand_over_snapshot(run, step, epoch, curve, committer, worker, stats):
+                    return False
+            if step >= run.total_steps:
                 break
+    started = time.perf_counter()
+    worker.wait()
+    stats.final_wait = time.perf_counter() - started
+    stats.loop_seconds, stats.examples, stats.steps = time.perf_counter() - t0, seen, step - first_step
     bar.close()
+    _materialise_losses(curve)
+    return not committer.lost
 
-    snapshots = committed_snapshots(store, run_key)
-    failpoint("train.before-run-sum")
-    try:
-        _commit_run_sum(store, spec, run_key, run_sum, snapshots, head_sha, scratch)
-        if spec.stage == "head":
-            _commit_head(store, spec, run_key, model, task, scratch)
-    except AlreadyCommitted as lost:
-        adopt_committed(store, lost)
-        log.warning("run %s: another job committed %s with other bytes first; this job stops and leaves the run to it", run_key, lost.ref)
-        return run_key
-    store.put_bytes(layout.curve_key(run_key), _parquet(curve))  # also after a resume that had nothing left to train
-    failpoint("train.before-complete")
-    store.put_bytes(
-        layout.run_complete_key(run_key),
-        json.dumps({"run_key": run_key, "snapshots": [m["ref"] for m in snapshots], "spec": to_dict(spec)}, indent=1).encode(),
-    )
-    return run_key
+
+def _hand_over_snapshot(run: _Training, step: int, epoch: int, curve: list[dict], committer: RunCommitter, worker: CommitWorker,
+                        stats: TrainStats) -> bool:
+    """Score English dev on the live model, wait for the previous commit (one copy at most),
+    copy the state and give it to the worker; False if the previous snapshot was lost to
+    another job."""
+    times = CommitTimes(step, background=worker.background)
+    started = time.perf_counter()
+    with eval_autocast(run.device, run.spec.precision):
+        dev = run.task.score(run.model, run.tokenizer, run.dev_examples, run.dev_features, run.spec.eval_batch_size)
+    times.dev = time.perf_counter() - started
+    started = time.perf_counter()
+    worker.wait()  # the previous snapshot is committed and its copy released
+    times.wait = time.perf_counter() - started
+    if committer.lost:
+        return False
+    started = time.perf_counter()
+    _materialise_losses(curve)
+    snap = take_copy(run.model, run.optimizer, run.scheduler, run.scaler, rng_state(run.device), run.device, copy=worker.background,
+                     step=step, epoch=epoch, epochs_done=step / run.steps_per_epoch, dev=dev, curve=list(curve))
+    times.copy = time.perf_counter() - started
+    committer.times.append(times)
+    stats.snapshots.append(times)
+    started = time.perf_counter()
+    worker.submit(snap)  # the worker holds the only reference to the copy: released once committed
+    if not worker.background:
+        times.commit = time.perf_counter() - started
+    return True
+
+
+class _Window:
+    """Loss and examples of the steps since the last progress line (the loss stays on the device)."""
+
+    def __init__(self, now: float):
+        self.start, self.loss, self.steps, self.examples = now, None, 0, 0
+
+    def add(self, loss: torch.Tensor, examples: int) -> None:
+        self.loss = loss if self.loss is None else self.loss + loss
+        self.steps += 1
+        self.examples += examples
+
+    def take(self) -> tuple[float, float]:
+        """(mean loss, examples/s) of the window, then a new window: one host sync."""
+        now = time.perf_counter()
+        mean = float(self.loss) / self.steps if self.steps else float("nan")
+        rate = self.examples / (now - self.start) if now > self.start else 0.0
+        self.start, self.loss, self.steps, self.examples = now, None, 0, 0
+        return mean, rate
+
+
+def _host_attention_mask(model, batch: dict) -> dict:
+    """The batch with the attention mask the model would build from it (transformers'
+    create_bidirectional_mask: a 4D boolean mask, or None where nothing is padded), built from
+    the host copy: from a device mask transformers reads `mask.all()` back in every forward, a
+    host sync; a prepared 4D mask it uses as it is. The same tensors, so the same numbers."""
+    mask = batch.get("attention_mask")
+    config = getattr(model, "config", None)
+    if mask is None or getattr(config, "_attn_implementation", None) != "sdpa" or getattr(config, "is_decoder", False):
+        return batch
+    from transformers.masking_utils import create_bidirectional_mask
+
+    shape = torch.empty((mask.shape[0], mask.shape[1], 1))  # only its batch size, length, dtype and (CPU) device are read
+    return dict(batch, attention_mask=create_bidirectional_mask(config=config, inputs_embeds=shape, attention_mask=mask))
+
+
+def _materialise_losses(curve: list[dict]) -> None:
+    """Replace the device-tensor losses of the curve by floats, in one transfer."""
+    pending = [i for i, row in enumerate(curve) if isinstance(row["loss"], torch.Tensor)]
+    if pending:
+        values = torch.stack([curve[i]["loss"] for i in pending]).tolist()
+        for i, value in zip(pending, values):
+            curve[i]["loss"] = value
 
 
 def _epoch_batches(features, spec: TrainSpec, epoch: int):
@@ -289,80 +464,3 @@ def _pad(features, tokenizer):
     return pad_batch(features, tokenizer.pad_token_id)
 
 
-def _add_to_sum(acc: dict | None, state: dict) -> dict:
-    """fp32 running sum of float tensors; integer buffers are copied (and must agree)."""
-    if acc is None:
-        return {k: (v.float().clone() if v.is_floating_point() else v.clone()) for k, v in state.items()}
-    for k, v in state.items():
-        if v.is_floating_point():
-            acc[k] += v.float()
-    return acc
-
-
-def _parquet(rows: list[dict]) -> bytes:
-    buffer = io.BytesIO()
-    import pandas as pd  # imported here: the GPU check script imports this module without pandas
-
-    pd.DataFrame(rows).to_parquet(buffer, index=False)
-    return buffer.getvalue()
-
-
-def _commit_snapshot(store, spec, run_key, step, epoch, epochs_done, dev, head_sha, state, optimizer, scheduler, scaler,
-                     rng, curve, scratch, done):
-    ref = layout.snapshot_ref(run_key, step)
-    weights = scratch / "snapshot.safetensors"
-    trainer = scratch / "trainer.pt"
-    curve_part = scratch / layout.CURVE_PART
-    save_state_dict(state, weights)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": rng}, trainer)
-    curve_part.write_bytes(_parquet(curve))
-    failpoint("train.snapshot-written")
-    manifest = commit_model(
-        store,
-        ref,
-        weights,
-        {
-            "kind": "snapshot",
-            "run_key": run_key,
-            "step": step,
-            "epoch": epoch,  # 0-based index of the epoch the step is in
-            "epochs_done": epochs_done,  # training progress in epochs (4.0: the end of epoch 4)
-            "dev_score": dev,
-            "dev_metric": get_task(spec.task).metric,
-            "dev_set": spec.dev_data.label,
-            "head_sha256": head_sha,
-            "spec": to_dict(spec),
-        },
-        extra_files={layout.TRAINER_STATE: str(trainer), layout.CURVE_PART: str(curve_part)},
-        ephemeral=(layout.TRAINER_STATE,),  # deleted once the next snapshot is committed
-    )
-    # only the newest trainer state is needed to resume: drop the older ones
-    for old in done:
-        store.delete(f"{old['ref']}/{layout.TRAINER_STATE}")
-    done.append(manifest)
-
-
-def _commit_run_sum(store, spec, run_key, run_sum, snapshots, head_sha, scratch) -> None:
-    path = scratch / "run-sum.safetensors"
-    save_state_dict(run_sum, path)
-    commit_model(
-        store,
-        layout.run_sum_ref(run_key),
-        path,
-        {
-            "kind": "run-sum",
-            "run_key": run_key,
-            "count": len(snapshots),
-            "snapshots": [{"ref": m["ref"], "sha256": m["sha256"], "dev_score": m["dev_score"], "step": m["step"]} for m in snapshots],
-            "head_sha256": head_sha,
-            "spec": to_dict(spec),
-        },
-    )
-
-
-def _commit_head(store, spec, run_key, model, task, scratch) -> None:
-    head = {k: v.detach().cpu() for k, v in model.state_dict().items() if k.startswith(task.head_prefixes)}
-    path = scratch / "head.safetensors"
-    save_state_dict(head, path)
-    commit_model(store, layout.head_ref(run_key), path, {"kind": "head", "run_key": run_key, "spec": to_dict(spec)})

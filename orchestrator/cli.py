@@ -11,6 +11,7 @@ import click
 
 from jobs.errors import JobError
 
+from orchestrator.backends.base import BackendError
 from orchestrator.commands.cluster import cancel, logs, render
 from orchestrator.commands.gc import gc
 from orchestrator.commands.soup import export, soup
@@ -20,12 +21,12 @@ from orchestrator.commands.tables import tables
 
 
 class OneLineErrors(click.Group):
-    """Turns job and store errors into one-line messages unless --debug is given."""
+    """Turns job, store and backend errors into one-line messages unless --debug is given."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except JobError as e:
+        except (JobError, BackendError) as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             raise click.ClickException(str(e)) from None

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import yaml
 
+from jobs.averaging.methods import DRAWS, get_method
 from jobs.data import registry
 from jobs.data.errors import DataError
 from jobs.spec import (
@@ -23,7 +24,6 @@ from jobs.spec import (
     DatasetRef,
     SpecError,
     canonical_snapshot_every,
-    check_method,
     from_mapping,
     to_dict,
 )
@@ -164,8 +164,7 @@ class DrawSettings:
         if self.output_dtype not in OUTPUT_DTYPES:
             raise SpecError(f"{where}.output_dtype: must be one of {', '.join(OUTPUT_DTYPES)}, got {self.output_dtype!r}")
         for i, m in enumerate(self.methods):
-            check_method(m, f"{where}.methods[{i}]")
-            if m in ("ca", "uniform"):
+            if get_method(m, f"{where}.methods[{i}]").mode != DRAWS:
                 raise SpecError(f"{where}.methods[{i}]: {m!r} is not a draw method")
         if self.count < 1 or self.runs_per_draw < 1:
             raise SpecError(f"{where}: count and runs_per_draw must be >= 1")
@@ -385,10 +384,10 @@ def check_schedule(cfg: "ExperimentConfig") -> None:
     train = cfg.data.train
     if cfg.task not in ("nli", "ner") or not train.path:
         return
-    from jobs.data.loading import load_examples
+    from jobs.api import count_examples
 
     try:
-        n = len(load_examples(cfg.task, train))
+        n = count_examples(cfg.task, train)
     except DataError as e:
         raise SpecError(f"data.train: {e}") from None
     sizes = sorted({*cfg.grid.batch_sizes, *([cfg.head.batch_size] if cfg.head.enabled else [])})
@@ -460,6 +459,3 @@ def load_config(
         raise SpecError(f"{where}: {e}") from None
     return cfg
 
-
-def config_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(ExperimentConfig)]

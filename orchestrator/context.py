@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 
@@ -11,6 +12,7 @@ import click
 
 from jobs.store import ObjectStore, join_uri, open_store
 
+from orchestrator.backends.k8s import ClusterOptions
 from orchestrator.config import ExperimentConfig, load_config
 from orchestrator.options import bucket_option, config_option, default_experiment, experiment_option
 
@@ -21,11 +23,11 @@ class Experiment:
     name: str
     uri: str
     store: ObjectStore
-    cluster: dict = field(default_factory=dict)  # --backend k8s: the cluster options (see cluster_options)
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)  # --backend k8s: the cluster options (see cluster_options)
     retries: int | None = None  # --retries: local backend re-runs of a job that exits 75 (None: the k8s backoffLimit default)
 
 
-CLUSTER_OPTIONS = ("cluster_config", "namespace", "image_prefix", "image_tag", "queue", "retry_failed", "kube_context")
+CLUSTER_OPTIONS = tuple(f.name for f in dataclasses.fields(ClusterOptions))  # the keyword arguments cluster_options adds
 
 
 def cluster_options(fn):
@@ -62,7 +64,7 @@ def experiment_options(fn):
                   help="--backend local: run a job again up to N times after a temporary failure (exit 75) or a kill. [default: 3, the Jobs' backoffLimit]")
     @functools.wraps(fn)
     def wrapper(bucket, experiment, config_path, task, base_model, targets, data_root, retries, **kwargs):
-        cluster = {name: kwargs.pop(name) for name in CLUSTER_OPTIONS}
+        cluster = ClusterOptions(**{name: kwargs.pop(name) for name in CLUSTER_OPTIONS})
         exp = open_experiment(bucket, experiment, config_path, {"task": task, "base_model": base_model}, targets, data_root)
         exp.cluster = cluster
         exp.retries = retries

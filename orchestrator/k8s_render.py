@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
+from jobs.averaging.methods import DRAWS, RUN_AVERAGES
 from jobs.spec import SpecError, canonical_json, from_mapping, short_hash, to_dict
 
 from orchestrator.plan import JobRequest
@@ -405,7 +406,7 @@ def plan_cost(requests: list[JobRequest], settings: ClusterSettings, base_model:
             cost.snapshot_bytes += size * ((spec.snapshot_count() or spec.epochs) + 1)  # + the fp32 run-sum; step schedules: a guess
         elif cost.snapshot_bytes is not None and spec.keep_averages:
             k = len(spec.run_keys)
-            models = k if spec.methods == ("ca",) else len(spec.methods) * k if spec.draw_seed is not None else 1
+            models = {RUN_AVERAGES: k, DRAWS: len(spec.methods) * k}.get(spec.mode, 1)  # explicit: one model
             per_value = 2 if spec.output_dtype in ("bf16", "fp16") else 4  # model_bytes counts fp32
             cost.snapshot_bytes += size * models * per_value // 4
     return cost

@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from jobs import layout
+from jobs.averaging.methods import DRAWS, RUN_AVERAGES, RunCA, get_method
 from jobs.draws import Draw, RunInfo, draw_runs
 from jobs.snapshots import is_committed, read_manifest
 from jobs.spec import AverageSpec, EvaluateSpec, Evaluation, HeadRef, TrainSpec
@@ -184,30 +185,29 @@ def recorded_average_refs(store: ObjectStore, runs: list[RunInfo]) -> list[str]:
 
 
 def soup_shortfalls(store: ObjectStore, draws: list[Draw], methods: tuple[str, ...]) -> list[str]:
-    """Soup-N checks before averaging: a DrawError when N exceeds the snapshots of all K runs of a
-    draw; else one line per soup-N and draw whose first k runs hold fewer than N snapshots for some
-    k (that average holds them all, and its manifest and results say how many)."""
+    """Soup-N checks before averaging (any method with a nominal snapshot count): a DrawError
+    when N exceeds the snapshots of all K runs of a draw; else one line per soup-N and draw whose
+    first k runs hold fewer than N snapshots for some k (that average holds them all, and its
+    manifest and results say how many)."""
     from jobs.draws import DrawError
 
-    soups = [(m, int(m.split("-", 1)[1])) for m in methods if m.startswith("soup-")]
+    soups = [m for m in (get_method(m) for m in methods) if m.nominal_count is not None]
     if not soups:
         return []
     counts: dict[str, int] = {}
     short: dict[str, dict[int, list[int]]] = {}
     for draw in draws:
         per_run = [counts.setdefault(key, len(snapshot_refs(store, key))) for key in draw.run_keys]
-        total = sum(per_run)
-        for method, n in soups:
-            if n > total:
+        for method in soups:
+            if method.too_few_snapshots(per_run):
                 raise DrawError(
-                    f"{method} needs {n} snapshots but draw seed {draw.seed}'s {draw.k} runs hold only {total}: "
+                    f"{method.id} needs {method.nominal_count} snapshots but draw seed {draw.seed}'s {draw.k} runs hold only {sum(per_run)}: "
                     f"lower N, or raise --runs-per-draw"
                 )
-            for k in range(1, draw.k + 1):
-                if sum(per_run[:k]) < n:
-                    short.setdefault(method, {}).setdefault(k, []).append(sum(per_run[:k]))
-    return [f"{method}: the first k runs hold fewer than {n} snapshots at {_held(short[method])}; those averages hold them all"
-            for method, n in soups if method in short]
+            for k in method.short_prefixes(per_run):
+                short.setdefault(method.id, {}).setdefault(k, []).append(sum(per_run[:k]))
+    return [f"{m.id}: the first k runs hold fewer than {m.nominal_count} snapshots at {_held(short[m.id])}; those averages hold them all"
+            for m in soups if m.id in short]
 
 
 def _held(by_k: dict[int, list[int]]) -> str:
@@ -238,7 +238,7 @@ def average_requests(cfg: ExperimentConfig, uri: str, runs: list[RunInfo], draws
     common = dict(experiment_uri=uri, task=cfg.task, output_dtype=d.output_dtype, evaluate=evaluation, keep_averages=d.keep_averages)
     out = []
     if runs:
-        spec = AverageSpec(methods=("ca",), run_keys=tuple(r.run_key for r in runs), **common)
+        spec = AverageSpec(methods=(RunCA.family,), mode=RUN_AVERAGES, run_keys=tuple(r.run_key for r in runs), **common)
         stage = "average-gpu" if evaluation else "average"
         out.append(JobRequest("average", stage, f"average-{cfg.task}-ca", spec, {"stage": stage, "task": cfg.task}))
     if evaluation is not None and d.target_splits is not None:
@@ -246,19 +246,18 @@ def average_requests(cfg: ExperimentConfig, uri: str, runs: list[RunInfo], draws
             evaluation, targets=tuple(ref for ref in evaluation.targets if ref.split in d.target_splits)))
     else:
         draw_common = common
+    forward_passes = any(get_method(m).needs_forward_passes for m in d.methods)  # greedy soup
     for draw in draws:
-        spec = AverageSpec(methods=tuple(d.methods), run_keys=draw.run_keys, draw_seed=draw.seed, **draw_common)
-        stage = "average-gpu" if evaluation or "greedy" in d.methods else "average"
+        spec = AverageSpec(methods=tuple(d.methods), mode=DRAWS, run_keys=draw.run_keys, draw_seed=draw.seed, **draw_common)
+        stage = "average-gpu" if evaluation or forward_passes else "average"
         out.append(JobRequest("average", stage, f"average-{cfg.task}-draw{draw.seed}", spec, {"stage": stage, "task": cfg.task, "draw": draw.seed}))
     return out
 
 
 def average_refs(cfg: ExperimentConfig, runs: list[RunInfo], draws: list[Draw]) -> list[str]:
     """Refs of every averaged model the average stage produces (for evaluation)."""
-    from jobs.spec import short_hash
-
     refs = [layout.run_average_ref(r.run_key) for r in runs]
     for draw in draws:
-        h = short_hash(list(draw.run_keys), 8)
+        h = layout.draw_hash(draw.run_keys)
         refs += [layout.draw_average_ref(draw.seed, h, m, k) for m in cfg.draws.methods for k in range(1, draw.k + 1)]
     return refs

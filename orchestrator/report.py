@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from orchestrator import plan
+from orchestrator import plan, stage_plans
 from orchestrator.context import Experiment
 
 
@@ -14,7 +14,7 @@ def print_summary_table(exp: Experiment) -> None:
     from orchestrator.analysis.variants import build_inputs
 
     cfg = exp.config
-    head = plan.committed_head(cfg, exp.store, exp.uri) if cfg.head.enabled else None
+    head = stage_plans.committed_head(exp)
     runs = plan.finished_runs(cfg, exp.store, exp.uri, head)
     draws = plan.make_draws(cfg, runs)  # the draws of this config, not stale ones from the store
     results = collect_results(exp.store)

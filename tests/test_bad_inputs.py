@@ -310,7 +310,7 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> tuple[Path, dict]:
-    from tests.jobs.test_average_support import make_runs
+    from tests.jobs.average_support import make_runs
 
     from jobs.results import results_frame, to_parquet_bytes
     from jobs.spec import short_hash

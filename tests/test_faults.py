@@ -22,7 +22,7 @@ from jobs.spec import AverageSpec, DatasetRef, EvaluateSpec, short_hash, spec_to
 from jobs.store import LocalStore, open_store
 
 from tests.fault_support import fingerprint, job_env, kill9, release, run_job, start_job, wait_paused, weed, weed_server  # noqa: F401 (fixtures)
-from tests.jobs.test_average_support import load, make_runs, max_abs_diff, naive_mean
+from tests.jobs.average_support import load, make_runs, max_abs_diff, naive_mean
 
 CONFIGS = [(1e-5, 16), (2e-5, 16), (3e-5, 32)]
 METHODS = ("r-last", "r-ca", "soup-2")  # 9 outputs over 3 runs, chains with and without subtractions
@@ -103,7 +103,7 @@ def test_an_evaluate_job_killed_mid_way_then_rerun_scores_every_model_it_can(tmp
     from jobs.models import load_tokenizer
     from jobs.results import from_parquet_bytes
     from jobs.tasks import get_task
-    from tests.jobs.test_average_support import commit_run, run_spec
+    from tests.jobs.average_support import commit_run, run_spec
 
     store = LocalStore(tmp_path / "store")
     task = get_task("nli")

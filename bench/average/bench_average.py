@@ -22,7 +22,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -31,6 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PY = str(REPO / ".venv" / "bin" / "python")
 N = 10
+BASE_SIZE = "vocab_size=250002, max_position_embeddings=514, type_vocab_size=1, num_labels=3"
+# --tiny: a few-MB model, to check that the script runs (its numbers mean nothing)
+TINY_SIZE = "vocab_size=1000, max_position_embeddings=514, type_vocab_size=1, num_labels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64"
 
 
 def rss_anon(pid: int) -> int:
@@ -105,7 +107,8 @@ PRELUDE = textwrap.dedent(
 BODIES = {
     "ours-pass": """
 import torch
-from jobs.average import Output, stream_average, validate_inputs
+from jobs.averaging.engine import Output, stream_average
+from jobs.averaging.inputs import validate_inputs
 from jobs.tensorio import MappedFile
 files = sys.argv[1].split(',')
 out = sys.argv[2]
@@ -172,7 +175,7 @@ def body(name: str) -> list[str]:
 # ------------------------------------------------------------------------------------------
 
 
-def prepare(cache: Path) -> list[str]:
+def prepare(cache: Path, size: str = BASE_SIZE) -> list[str]:
     """10 committed snapshots in a LocalStore under cache/store/exp; returns their refs."""
     refs = [f"runs/{'b' * 16}/snapshots/{(i + 1) * 100:08d}" for i in range(N)]
     store_dir = cache / "store" / "exp"
@@ -185,7 +188,7 @@ def prepare(cache: Path) -> list[str]:
         from jobs.snapshots import commit_model, save_state_dict
         from jobs.store import LocalStore
         store = LocalStore({str(store_dir)!r})
-        config = XLMRobertaConfig(vocab_size=250002, max_position_embeddings=514, type_vocab_size=1, num_labels=3)
+        config = XLMRobertaConfig({size})
         torch.manual_seed(0)
         model = XLMRobertaForSequenceClassification(config)
         base = {{k: v.detach().clone() for k, v in model.state_dict().items()}}
@@ -272,11 +275,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of cat / pass / job")
     ap.add_argument("--s3-only", action="store_true", help="only the S3 part; merges into --out")
     ap.add_argument("--out", default=str(REPO / "bench" / "average" / "results.json"))
+    ap.add_argument("--tiny", action="store_true", help="a few-MB model (in --cache/tiny) to check the script runs; numbers mean nothing")
     args = ap.parse_args()
-    cache = Path(args.cache)
+    cache = Path(args.cache) / "tiny" if args.tiny else Path(args.cache)
     sys.path.insert(0, str(REPO))
     env = dict(os.environ, XLT_VERIFIED_DIR=str(cache / "verified"), XLT_PROGRESS="0", PYTHONPATH=str(REPO))
-    refs = prepare(cache)
+    refs = prepare(cache, TINY_SIZE if args.tiny else BASE_SIZE)
     if args.prepare_only:
         return
     if args.s3_only:

@@ -20,9 +20,11 @@ class Task(Protocol):
     def model_kwargs(self) -> dict: ...
     def load(self, ref: DatasetRef) -> list[dict]: ...
     def encode(self, tokenizer, examples: Sequence[dict], max_length: int) -> list[dict]: ...
-    def evaluate(self, model, tokenizer, examples: Sequence[dict], features: list[dict], batch_size: int) -> dict[str, float]:
-        """Every metric of the task, the primary one first (0-1 scale)."""
-    def score(self, model, tokenizer, examples: Sequence[dict], features: list[dict], batch_size: int) -> float:
+    def evaluate(self, model, tokenizer, examples: Sequence[dict], features: list[dict], batch_size: int,
+                 max_tokens: int | None = None) -> dict[str, float]:
+        """Every metric of the task, the primary one first (0-1 scale); batching as `predict`'s."""
+    def score(self, model, tokenizer, examples: Sequence[dict], features: list[dict], batch_size: int,
+              max_tokens: int | None = None) -> float:
         """The primary metric."""
 
 
@@ -67,23 +69,66 @@ def train_batches(features: list[dict], batch_size: int, seed: int, epoch: int) 
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def sorted_batches(features: list[dict], batch_size: int) -> Iterator[list[int]]:
-    """Length-sorted batches for inference: far less padding than input order."""
+def token_budget(features: Sequence[dict], batch_size: int) -> int:
+    """The padded tokens per inference batch: `batch_size` x the mean feature length, so a set
+    takes as many batches as fixed-size batching would, each about as large; short sequences
+    then share a batch with more of their kind, long ones with fewer."""
+    if not features:
+        return batch_size
+    mean = sum(len(f["input_ids"]) for f in features) / len(features)
+    return max(1, round(batch_size * mean))
+
+
+def sorted_batches(features: Sequence[dict], batch_size: int, max_tokens: int | None = None) -> Iterator[list[int]]:
+    """Length-sorted batches for inference: far less padding than input order. With `max_tokens`
+    a batch holds as many sequences as fit the budget (count x longest, what the model computes
+    on; one sequence at least), else `batch_size` of them."""
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
-    for i in range(0, len(order), batch_size):
-        yield order[i : i + batch_size]
+    if not max_tokens:
+        for i in range(0, len(order), batch_size):
+            yield order[i : i + batch_size]
+        return
+    batch: list[int] = []
+    for i in order:
+        width = len(features[i]["input_ids"])  # the longest so far: the order is ascending
+        if batch and (len(batch) + 1) * width > max_tokens:
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 @torch.inference_mode()
-def predict(model, features: list[dict], batch_size: int, pad_id: int, keys=("logits",), token_level=False) -> list:
-    """Run the model over all features in length-sorted batches; per-feature outputs in input
-    order, each a tuple of float tensors (trimmed to the feature's length when token-level)."""
+def predict(model, features: list[dict], batch_size: int, pad_id: int, keys=("logits",), token_level=False,
+            max_tokens: int | None = None) -> list:
+    """Run the model over all features in length-sorted batches of about `max_tokens` padded
+    tokens (default: `token_budget(features, batch_size)`; 0: `batch_size` sequences each);
+    per-feature outputs in input order, each a tuple of float tensors on the CPU (trimmed to the
+    feature's length when token-level). Inputs go to the model's device; on a GPU through pinned
+    memory without waiting, and outputs come back once at the end, so the host pads the next
+    batch while the device computes this one. Autocast is the caller's (jobs.train.eval_autocast)."""
     model.eval()
-    outputs: list = [None] * len(features)
-    for idx in sorted_batches(features, batch_size):
+    device = model_device(model)
+    cuda = device.type == "cuda"
+    if max_tokens is None:
+        max_tokens = token_budget(features, batch_size)
+    batches = []
+    for idx in sorted_batches(features, batch_size, max_tokens):
         batch = pad_batch([{"input_ids": features[i]["input_ids"]} for i in idx], pad_id)
+        if cuda:
+            batch = {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+        elif device.type != "cpu":
+            batch = {k: v.to(device) for k, v in batch.items()}
         out = model(**batch)
-        values = [getattr(out, k).float() for k in keys]
+        batches.append((idx, [getattr(out, k).float() for k in keys]))
+    outputs: list = [None] * len(features)
+    for idx, values in batches:
+        values = [v.cpu() for v in values]
         for j, i in enumerate(idx):
             n = len(features[i]["input_ids"])
             outputs[i] = tuple(v[j, :n] if token_level else v[j] for v in values)

@@ -76,9 +76,9 @@ class NERTask:
             features.append({"input_ids": enc["input_ids"][i], "labels": labels, "word_starts": starts})
         return features
 
-    def predictions(self, model, tokenizer, features, batch_size: int) -> list[list[str]]:
+    def predictions(self, model, tokenizer, features, batch_size: int, max_tokens: int | None = None) -> list[list[str]]:
         """Predicted tags per word (first-subtoken) or per labelled sub-token (all-subtokens)."""
-        outputs = predict(model, features, batch_size, tokenizer.pad_token_id, token_level=True)
+        outputs = predict(model, features, batch_size, tokenizer.pad_token_id, token_level=True, max_tokens=max_tokens)
         tags = []
         for out, f in zip(outputs, features):
             best = out[0].argmax(-1).tolist()
@@ -94,9 +94,9 @@ class NERTask:
             return [[LABELS[label] for label in f["labels"] if label != IGNORE] for f in features]
         return [list(e["tags"]) for e in examples]
 
-    def evaluate(self, model, tokenizer, examples, features, batch_size: int) -> dict[str, float]:
-        predicted = self.predictions(model, tokenizer, features, batch_size)
+    def evaluate(self, model, tokenizer, examples, features, batch_size: int, max_tokens: int | None = None) -> dict[str, float]:
+        predicted = self.predictions(model, tokenizer, features, batch_size, max_tokens)
         return {"f1": entity_f1(self.gold(examples, features), predicted)}
 
-    def score(self, model, tokenizer, examples, features, batch_size: int) -> float:
-        return self.evaluate(model, tokenizer, examples, features, batch_size)["f1"]
+    def score(self, model, tokenizer, examples, features, batch_size: int, max_tokens: int | None = None) -> float:
+        return self.evaluate(model, tokenizer, examples, features, batch_size, max_tokens)["f1"]

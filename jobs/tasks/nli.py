@@ -45,16 +45,16 @@ class NLITask:
         label_ids = {label: i for i, label in enumerate(LABELS)}
         return [{"input_ids": ids, "labels": label_ids[e["label"]]} for ids, e in zip(enc["input_ids"], examples)]
 
-    def predictions(self, model, tokenizer, features, batch_size: int) -> list[int]:
-        outputs = predict(model, features, batch_size, tokenizer.pad_token_id)
+    def predictions(self, model, tokenizer, features, batch_size: int, max_tokens: int | None = None) -> list[int]:
+        outputs = predict(model, features, batch_size, tokenizer.pad_token_id, max_tokens=max_tokens)
         return [int(out[0].argmax()) for out in outputs]
 
-    def evaluate(self, model, tokenizer, examples, features, batch_size: int) -> dict[str, float]:
-        predicted = self.predictions(model, tokenizer, features, batch_size)
+    def evaluate(self, model, tokenizer, examples, features, batch_size: int, max_tokens: int | None = None) -> dict[str, float]:
+        predicted = self.predictions(model, tokenizer, features, batch_size, max_tokens)
         return {"acc": accuracy([f["labels"] for f in features], predicted)}
 
-    def score(self, model, tokenizer, examples, features, batch_size: int) -> float:
-        return self.evaluate(model, tokenizer, examples, features, batch_size)["acc"]
+    def score(self, model, tokenizer, examples, features, batch_size: int, max_tokens: int | None = None) -> float:
+        return self.evaluate(model, tokenizer, examples, features, batch_size, max_tokens)["acc"]
 
 
 def load_local(path: Path, fmt: str | None = None) -> list[dict]:

@@ -114,8 +114,8 @@ class QATask:
                              "example_index": example_index, "offsets": offsets})
         return features
 
-    def predictions(self, model, tokenizer, examples, features, batch_size: int) -> list[str]:
-        outputs = predict(model, features, batch_size, tokenizer.pad_token_id, keys=("start_logits", "end_logits"), token_level=True)
+    def predictions(self, model, tokenizer, examples, features, batch_size: int, max_tokens: int | None = None) -> list[str]:
+        outputs = predict(model, features, batch_size, tokenizer.pad_token_id, keys=("start_logits", "end_logits"), token_level=True, max_tokens=max_tokens)
         best: list[tuple[float, str]] = [(float("-inf"), "")] * len(examples)
         for (start_logits, end_logits), f in zip(outputs, features):
             candidate = best_span(start_logits, end_logits, f["offsets"])
@@ -127,12 +127,12 @@ class QATask:
                 best[i] = (score, examples[i]["context"][s:e])
         return [text for _, text in best]
 
-    def evaluate(self, model, tokenizer, examples, features, batch_size: int) -> dict[str, float]:
-        predicted = self.predictions(model, tokenizer, examples, features, batch_size)
+    def evaluate(self, model, tokenizer, examples, features, batch_size: int, max_tokens: int | None = None) -> dict[str, float]:
+        predicted = self.predictions(model, tokenizer, examples, features, batch_size, max_tokens)
         return squad_scores(predicted, [[a["text"] for a in e["answers"]] for e in examples])
 
-    def score(self, model, tokenizer, examples, features, batch_size: int) -> float:
-        return self.evaluate(model, tokenizer, examples, features, batch_size)["f1"]
+    def score(self, model, tokenizer, examples, features, batch_size: int, max_tokens: int | None = None) -> float:
+        return self.evaluate(model, tokenizer, examples, features, batch_size, max_tokens)["f1"]
 
 
 def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, offsets, n_best: int = N_BEST,

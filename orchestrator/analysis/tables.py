@@ -7,12 +7,13 @@ over fewer numbers.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from jobs.averaging.methods import DRAWS, Method, MethodIdError, get_method, known_ids, table_order
 
 from orchestrator.analysis.inputs import SOURCE_LANGUAGE, VARIANTS, AnalysisInputs
 
@@ -58,62 +59,67 @@ def target_filter(task: str) -> TargetFilter:
         raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TARGET_FILTERS)}") from None
 
 
-# selection baselines: method id -> the per-run variant whose selection score picks the run
+# selection baselines (table-only: they pick a run, they average nothing): method id -> the
+# per-run variant whose selection score picks the run. The averaged methods, their labels and
+# their order come from the registry (jobs.averaging.methods): one list.
 SELECTION_METHODS: dict[str, str] = {"s-last": "last", "s-dev": "src-dev", "s-ca": "ca", "s-tdev": "trg-dev"}
-AVERAGED_METHODS = ("r-last", "r-dev", "r-ca", "greedy")  # plus soup-N for any N >= 1
 PAPER_METHODS = ("s-last", "s-dev", "s-ca", "s-tdev", "r-last", "r-dev", "r-ca", "soup-5")
 
-_LABELS = {
-    "s-last": "S-L", "s-dev": "S-DEV", "s-ca": "S-CA", "s-tdev": "S-TDEV",
-    "r-last": "R-L", "r-dev": "R-DEV", "r-ca": "R-CA", "greedy": "Greedy",
-    "last": "L", "src-dev": "DEV", "trg-dev": "TDEV", "ca": "CA",
-}  # fmt: skip
-_SOUP = re.compile(r"soup-([1-9][0-9]*)")
+_SELECTION_LABELS = {"s-last": "S-L", "s-dev": "S-DEV", "s-ca": "S-CA", "s-tdev": "S-TDEV"}
+_VARIANT_LABELS = {"last": "L", "src-dev": "DEV", "trg-dev": "TDEV"}  # per-run variants; ca: the registry's CA
+
+
+def _known() -> list[str]:
+    return [*SELECTION_METHODS, *known_ids(DRAWS)]
+
+
+def averaged_method(method: str) -> Method | None:
+    """The registered draw method named `method`, or None (a selection baseline, or unknown)."""
+    try:
+        found = get_method(method, where=None)
+    except MethodIdError:
+        return None
+    return found if found.mode == DRAWS else None
 
 
 def check_method(method: str) -> str:
-    if method in SELECTION_METHODS or method in AVERAGED_METHODS or _SOUP.fullmatch(method):
+    """A method id of the tables: a selection baseline or a registered draw method."""
+    if method in SELECTION_METHODS or averaged_method(method) is not None:
         return method
-    padded = re.fullmatch(r"soup-0+([1-9][0-9]*)", method)
-    if padded:
-        raise ValueError(f"write method {method!r} as 'soup-{padded.group(1)}' (N without leading zeros)")
-    known = [*SELECTION_METHODS, *AVERAGED_METHODS, "soup-N"]
-    raise ValueError(f"unknown method {method!r}; known methods: {', '.join(known)}")
+    try:
+        get_method(method, where=None)
+    except MethodIdError as e:
+        if e.canonical:
+            raise ValueError(f"write method {method!r} as {e.canonical!r} (N without leading zeros)") from None
+        if not e.unknown:
+            raise ValueError(e.problem) from None
+    raise ValueError(f"unknown method {method!r}; known methods: {', '.join(_known())}")
 
 
 def label(name: str) -> str:
     """The table label of a method or variant id (PROTOCOL.md), e.g. s-dev -> S-DEV, soup-5 -> Soup-5."""
-    soup = _SOUP.fullmatch(name)
-    if soup:
-        return f"Soup-{soup.group(1)}"
+    if name in _SELECTION_LABELS:
+        return _SELECTION_LABELS[name]
+    if name in _VARIANT_LABELS:
+        return _VARIANT_LABELS[name]
     try:
-        return _LABELS[name]
-    except KeyError:
-        raise ValueError(f"no table label for {name!r}; known: {', '.join([*_LABELS, 'soup-N'])}") from None
+        return get_method(name, where=None).label
+    except MethodIdError:
+        known = [*_SELECTION_LABELS, *_VARIANT_LABELS, *known_ids()]
+        raise ValueError(f"no table label for {name!r}; known: {', '.join(known)}") from None
 
 
 def _method_order(method: str) -> tuple:
     if method in SELECTION_METHODS:
         return (0, list(SELECTION_METHODS).index(method), 0)
-    soup = _SOUP.fullmatch(method)
-    if soup:
-        return (1, 3, int(soup.group(1)))
-    order = {"r-last": 0, "r-dev": 1, "r-ca": 2, "greedy": 4}
-    return (1, order.get(method, 5), 0)
+    found = averaged_method(method)
+    return (1, *table_order(found)) if found is not None else (2, 0, 0)
 
 
 def default_methods(inputs: AnalysisInputs) -> tuple[str, ...]:
     """The four selection baselines, then every averaging method found in the inputs (table order)."""
-    present = [m for m in pd.unique(inputs.averaged["method"].dropna()) if _is_known(m)]
+    present = [m for m in pd.unique(inputs.averaged["method"].dropna()) if averaged_method(m) is not None]
     return (*SELECTION_METHODS, *sorted(present, key=_method_order))
-
-
-def _is_known(method: str) -> bool:
-    try:
-        check_method(method)
-    except ValueError:
-        return False
-    return method not in SELECTION_METHODS
 
 
 @dataclass(frozen=True)
@@ -276,10 +282,10 @@ def soup_shortfalls(inputs: AnalysisInputs, methods: Iterable[str], k: int | Non
         return []
     lines = []
     for method in methods:
-        soup = _SOUP.fullmatch(method)
-        if not soup:
+        found = averaged_method(method)
+        n = found.nominal_count if found is not None else None
+        if n is None:
             continue
-        n = int(soup.group(1))
         rows = inputs.averaged[(inputs.averaged["method"] == method) & inputs.averaged["n_snapshots"].notna()]
         if k is not None:
             rows = rows[rows["k"] == k]

@@ -4,19 +4,18 @@ The only module that imports the kubernetes client. Submission is idempotent: a 
 exists (same name = same experiment and work) is reused, never created twice; a failed one is
 recreated only with retry_failed. With a Kueue queue every Job is created at once (suspended, Kueue
 admits them); otherwise at most `parallelism` of them run at a time. Stopping the orchestrator
-leaves the Jobs running; running it again picks them up.
+leaves the Jobs running; running it again picks them up. Errors are BackendErrors, one line
+naming the problem and the fix; progress goes to the Reporter the caller passes.
 """
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import click
-
 from orchestrator import k8s_render
+from orchestrator.backends.base import BackendError, JobOutcome, Reporter, StderrReporter, last_error_line
 from orchestrator.k8s_render import ClusterSettings, LABEL_PREFIX
 from orchestrator.plan import JobRequest
 
@@ -57,26 +56,22 @@ def selector_string(selector: dict) -> str:
 
 
 @dataclass(frozen=True)
-class K8sJobOutcome:
-    """What became of one Job: compatible with the local backend's JobOutcome."""
+class ClusterOptions:
+    """The cluster options of a command (--cluster-config, --namespace, ...), read once from the
+    CLI; None leaves the cluster-config file's value (or the default)."""
 
-    request: JobRequest
-    job_name: str
-    state: str
-    exit_code: int
-    seconds: float
-    reason: str = ""
-    message: str = ""
-    error_line: str = ""
+    cluster_config: str | None = None  # a YAML file with a `cluster:` section (k8s/base/cluster.yaml)
+    namespace: str | None = None
+    image_prefix: str | None = None
+    image_tag: str | None = None
+    queue: str | None = None  # a Kueue LocalQueue: Jobs are labelled and created suspended
+    retry_failed: bool = False  # delete and recreate Jobs that failed earlier
+    kube_context: str | None = None
 
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
-
-    def last_error(self) -> str:
-        if self.error_line:
-            return self.error_line
-        return f"{self.state} {self.reason}: {self.message}".strip(": ") or "(no message)"
+    def settings(self) -> ClusterSettings:
+        """The cluster settings: defaults, then the file, then these options (SpecError naming the key)."""
+        overrides = {"namespace": self.namespace, "image_prefix": self.image_prefix, "image_tag": self.image_tag, "queue": self.queue}
+        return k8s_render.load_cluster_settings(self.cluster_config, overrides)
 
 
 @dataclass
@@ -87,6 +82,9 @@ class _Progress:
 
 class K8sBackend:
     """Runs JobRequests as Kubernetes Jobs in `settings.namespace`."""
+
+    log_location = "logs in the store (logs/<job>.log) or the pods: `orchestrator logs JOB`"
+    estimates_cost = True  # a dry run prices the plan from the stage resources
 
     def __init__(
         self,
@@ -100,6 +98,7 @@ class K8sBackend:
         request_timeout: float = 30.0,
         show_progress: bool = True,
         base_model: str = "xlm-roberta-large",
+        reporter: Reporter | None = None,
     ):
         settings.validate()
         self.base_model = base_model  # for the --dry-run storage estimate
@@ -111,8 +110,14 @@ class K8sBackend:
         self.watch_seconds = watch_seconds
         self.request_timeout = request_timeout
         self.show_progress = show_progress
+        self.reporter = reporter or StderrReporter()
         self._api_client = api_client
-        self.log_dir = "the store (logs/<job>.log) or the pods: `orchestrator logs JOB`"
+
+    @classmethod
+    def from_options(cls, options: ClusterOptions, experiment: str, base_model: str, parallelism: int = 4, **kwargs) -> "K8sBackend":
+        """The backend for an experiment and a command's cluster options."""
+        return cls(options.settings(), experiment, parallelism=parallelism, retry_failed=options.retry_failed,
+                   context=options.kube_context, base_model=base_model, **kwargs)
 
     # --- the client ---------------------------------------------------------------------------
 
@@ -131,7 +136,7 @@ class K8sBackend:
                     # read KUBECONFIG now: the client reads it once, when it is imported
                     config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, context=self.context)
             except Exception as e:  # ConfigException, a malformed file, a missing context
-                raise click.ClickException(
+                raise BackendError(
                     f"no Kubernetes context ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
                     "set KUBECONFIG or run `kubectl config use-context NAME` (in a pod: mount a service account token)"
                 ) from None
@@ -156,7 +161,7 @@ class K8sBackend:
         except Exception:
             return "(unknown)"
 
-    def _error(self, e: Exception, action: str) -> click.ClickException:
+    def _error(self, e: Exception, action: str) -> BackendError:
         """One line naming the problem and the fix."""
         from kubernetes.client import ApiException
 
@@ -164,19 +169,19 @@ class K8sBackend:
         if isinstance(e, ApiException):
             detail = _api_message(e)
             if e.status == 401:
-                return click.ClickException(f"{action}: the API server refused the credentials ({detail}); refresh your kubeconfig login")
+                return BackendError(f"{action}: the API server refused the credentials ({detail}); refresh your kubeconfig login")
             if e.status == 403:
-                return click.ClickException(
+                return BackendError(
                     f"{action}: forbidden ({detail}); grant the Role in k8s/base (xlt-orchestrator) to your identity, "
                     f"check with `kubectl auth can-i create jobs -n {ns}`"
                 )
             if e.status == 404 and "namespace" in detail.lower():
-                return click.ClickException(
+                return BackendError(
                     f"{action}: namespace {ns!r} does not exist; create it (`kubectl apply -k k8s/overlays/dev` or "
                     f"`kubectl create namespace {ns}`) or pass --namespace"
                 )
-            return click.ClickException(f"{action}: the API server answered {e.status} ({detail})")
-        return click.ClickException(
+            return BackendError(f"{action}: the API server answered {e.status} ({detail})")
+        return BackendError(
             f"{action}: cannot reach the Kubernetes API server at {self._host()} ({type(e).__name__}); "
             "check `kubectl cluster-info` and your KUBECONFIG/context"
         )
@@ -189,7 +194,7 @@ class K8sBackend:
             return fn(*args, **kwargs)
         except ApiException:
             raise
-        except click.ClickException:
+        except BackendError:
             raise
         except Exception as e:  # urllib3 connection errors, timeouts
             raise self._error(e, action) from None
@@ -202,7 +207,7 @@ class K8sBackend:
             self._call("checking the namespace", self.core.read_namespace, self.namespace)
         except ApiException as e:
             if e.status == 404:
-                raise click.ClickException(
+                raise BackendError(
                     f"namespace {self.namespace!r} does not exist; create it (`kubectl apply -k k8s/overlays/dev` "
                     f"or `kubectl create namespace {self.namespace}`) or pass --namespace"
                 ) from None
@@ -299,21 +304,18 @@ class K8sBackend:
     # --- writing ------------------------------------------------------------------------------
 
     def render(self, requests: list[JobRequest]) -> list[dict]:
-        from jobs.errors import SpecError
+        """The Jobs as plain dicts (a missing image or a bad setting: a SpecError naming it)."""
+        return k8s_render.render_jobs(requests, self.experiment, self.settings)
 
-        try:
-            return k8s_render.render_jobs(requests, self.experiment, self.settings)
-        except SpecError as e:
-            raise click.ClickException(str(e)) from None
-
-    def describe(self, requests: list[JobRequest], title: str) -> None:
-        """--dry-run: the Jobs that would be created and what the plan costs."""
+    def dry_run(self, requests: list[JobRequest], title: str) -> list[str]:
+        """The Jobs that would be created and what the plan costs."""
+        lines = []
         for job in self.render(requests):
             res = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-            click.echo(f"would create Job {job['metadata']['name']:60s} gpu={res.get('nvidia.com/gpu', '0')} "
-                       f"cpu={res['cpu']} memory={res['memory']}")
+            lines.append(f"would create Job {job['metadata']['name']:60s} gpu={res.get('nvidia.com/gpu', '0')} "
+                         f"cpu={res['cpu']} memory={res['memory']}")
         cost = k8s_render.plan_cost(requests, self.settings, self.base_model)
-        click.echo(f"{title}: {cost.describe()} (namespace {self.namespace})")
+        return lines + [f"{title}: {cost.describe()} (namespace {self.namespace})"]
 
     def delete_job(self, name: str, propagation: str = "Background", wait: bool = False) -> bool:
         from kubernetes.client import ApiException
@@ -328,7 +330,7 @@ class K8sBackend:
         deadline = time.monotonic() + 120
         while wait and self.read_job(name) is not None:
             if time.monotonic() > deadline:
-                raise click.ClickException(f"Job {name} is still being deleted after 120 s; try again later")
+                raise BackendError(f"Job {name} is still being deleted after 120 s; try again later")
             time.sleep(0.2)
         return True
 
@@ -357,9 +359,9 @@ class K8sBackend:
 
     def _say(self, text: str) -> None:
         if self.show_progress:
-            click.echo(text, err=True)
+            self.reporter.say(text)
 
-    def run(self, requests: list[JobRequest], title: str = "jobs") -> list[K8sJobOutcome]:
+    def run(self, requests: list[JobRequest], title: str = "jobs") -> list[JobOutcome]:
         """Create the Jobs (at most `parallelism` running, or all at once with a Kueue queue), watch
         them until each is Complete or Failed; outcomes in request order."""
         if not requests:
@@ -370,7 +372,7 @@ class K8sBackend:
         progress = _Progress()
         pending = deque(by_name)
         active: dict[str, float] = {}  # name -> monotonic start
-        done: dict[str, K8sJobOutcome] = {}
+        done: dict[str, JobOutcome] = {}
         limit = len(by_name) if self.settings.queue else self.parallelism
         self._say(f"{title}: {len(by_name)} Job(s) in namespace {self.namespace}")
         try:
@@ -380,10 +382,10 @@ class K8sBackend:
                     self._submit(name, by_name[name][1], progress, active, done)
                 if active:
                     self._wait(by_name, active, done)
-        except click.ClickException as e:
+        except BackendError as e:
             if progress.created:
-                e.message += (f" [created before the failure: {', '.join(progress.created)}; they keep running - "
-                              f"re-run to resume or `orchestrator cancel` to remove them]")
+                raise BackendError(f"{e} [created before the failure: {', '.join(progress.created)}; they keep running - "
+                                   f"re-run to resume or `orchestrator cancel` to remove them]") from None
             raise
         except KeyboardInterrupt:
             self._say(f"\ninterrupted: {len(active)} Job(s) keep running in {self.namespace}; re-run to resume watching")
@@ -398,7 +400,7 @@ class K8sBackend:
                 self._say(f"recreating failed Job {name} ({reason})")
                 self.delete_job(name, "Background", wait=True)
                 if self._create(job) is not None:
-                    raise click.ClickException(f"Job {name} exists again right after deletion; is another orchestrator running?")
+                    raise BackendError(f"Job {name} exists again right after deletion; is another orchestrator running?")
                 progress.created.append(name)
             else:
                 progress.reused.append(name)
@@ -408,16 +410,17 @@ class K8sBackend:
             self._say(f"created Job {name}")
         active[name] = time.monotonic()
 
-    def _finish(self, name: str, job: dict | None, request: JobRequest, started: float) -> K8sJobOutcome:
+    def _finish(self, name: str, job: dict | None, request: JobRequest, started: float) -> JobOutcome:
         if job is None:
-            return K8sJobOutcome(request, name, "Deleted", 1, time.monotonic() - started, "Deleted",
-                                 "the Job was deleted while it was watched (orchestrator cancel?)")
+            return JobOutcome(request, 1, time.monotonic() - started, state="Deleted", job_name=name, reason="Deleted",
+                              message="the Job was deleted while it was watched (orchestrator cancel?)")
         state, reason, message = job_state(job)
         seconds = time.monotonic() - started
         if state == "Complete":
-            return K8sJobOutcome(request, name, state, 0, seconds, reason, message)
+            return JobOutcome(request, 0, seconds, state=state, job_name=name, reason=reason, message=message)
         exit_code, error_line = self._failure_details(name, reason)
-        outcome = K8sJobOutcome(request, name, state, exit_code, seconds, reason, message, error_line)
+        outcome = JobOutcome(request, exit_code, seconds, state=state, job_name=name, reason=reason, message=message,
+                             error_line=error_line)
         hint = "" if self.retry_failed else " (re-run with --retry-failed to recreate it)"
         self._say(f"{name} failed (exit {exit_code}): {outcome.last_error()}{hint}")
         return outcome
@@ -433,9 +436,7 @@ class K8sBackend:
                     break
             break
         log = self.read_pod_log(name, tail_lines=50) or ""
-        lines = [line for line in log.splitlines() if line.strip()]
-        errors = [line for line in lines if " ERROR " in line]
-        return exit_code, (errors or [""])[-1]
+        return exit_code, last_error_line(log.splitlines())
 
     def _absorb(self, by_name: dict, active: dict, done: dict, jobs: dict[str, dict], complete_view: bool) -> bool:
         """Move Jobs that finished (or vanished, when `jobs` is a full listing) from active to done."""
@@ -448,8 +449,8 @@ class K8sBackend:
                 continue
             done[name] = self._finish(name, job, by_name[name][0], active.pop(name))
             changed = True
-            if self.show_progress and done[name].ok:
-                click.echo(f"{name} complete ({len(done)}/{len(by_name)})", err=True)
+            if done[name].ok:
+                self._say(f"{name} complete ({len(done)}/{len(by_name)})")
         return changed
 
     def _wait(self, by_name: dict, active: dict, done: dict) -> None:
@@ -478,26 +479,12 @@ class K8sBackend:
         except ApiException as e:
             if e.status != 410:  # 410 Gone: the watch expired; the next listing catches up
                 raise self._error(e, "watching Jobs") from None
-        except click.ClickException:
+        except BackendError:
             raise
         except Exception:  # read timeout of an idle watch, a dropped connection: list again
             pass
         finally:
             w.stop()
-
-
-def backend_for(exp, parallelism: int, **kwargs) -> K8sBackend:
-    """The backend for an orchestrator.context.Experiment and its cluster options."""
-    from jobs.errors import SpecError
-
-    c = exp.cluster or {}
-    overrides = {key: c.get(key) for key in ("namespace", "image_prefix", "image_tag", "queue")}
-    try:
-        settings = k8s_render.load_cluster_settings(c.get("cluster_config"), overrides)
-        return K8sBackend(settings, exp.name, parallelism=parallelism, retry_failed=bool(c.get("retry_failed")),
-                          context=c.get("kube_context"), base_model=exp.config.base_model, **kwargs)
-    except SpecError as e:
-        raise click.ClickException(str(e)) from None
 
 
 def _api_message(e) -> str:

@@ -12,37 +12,14 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-
-import click
 
 from jobs.errors import EXIT_TEMPORARY
 from jobs.spec import spec_to_json
 
+from orchestrator.backends.base import JobOutcome, Reporter, StderrReporter, last_error_line, no_bar
 from orchestrator.plan import JobRequest
-
-
-@dataclass(frozen=True)
-class JobOutcome:
-    request: JobRequest
-    exit_code: int
-    seconds: float
-    log_path: Path
-    attempts: int = 1
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
-
-    def last_error(self) -> str:
-        try:
-            lines = [l for l in self.log_path.read_text(errors="replace").splitlines() if l.strip()]
-        except OSError:
-            return "(no log)"
-        errors = [l for l in lines if " ERROR " in l]
-        return (errors or lines or ["(empty log)"])[-1]
 
 
 def default_retries() -> int:
@@ -57,14 +34,33 @@ def retryable(exit_code: int) -> bool:
     return exit_code == EXIT_TEMPORARY or exit_code < 0
 
 
+def log_error(log_path: Path) -> str:
+    """Why a local job failed: the last ERROR line of its log, else its last line."""
+    try:
+        lines = [l for l in log_path.read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return "(no log)"
+    return last_error_line(lines) or (lines or ["(empty log)"])[-1]
+
+
 class LocalBackend:
+    estimates_cost = False  # nothing to price: the jobs run on this machine
+
     def __init__(self, parallelism: int = 2, log_dir: str | Path = ".logs", show_progress: bool = True,
-                 retries: int | None = None, retry_delay: float = 10.0):
+                 retries: int | None = None, retry_delay: float = 10.0, reporter: Reporter | None = None):
         self.parallelism = max(1, parallelism)
         self.log_dir = Path(log_dir)
-        self.show_progress = show_progress
+        self.show_progress = show_progress  # the progress bar; failures are always reported
+        self.reporter = reporter or StderrReporter()
         self.retries = default_retries() if retries is None else max(0, retries)
         self.retry_delay = retry_delay  # seconds before the first retry, doubled for each next (as the Job controller's 10 s, 20 s, ...)
+
+    @property
+    def log_location(self) -> str:
+        return f"logs in {self.log_dir}/"
+
+    def dry_run(self, requests: list[JobRequest], title: str) -> list[str]:
+        return [f"would run {r.kind:8s} {r.name}" for r in requests] + [f"{title}: {len(requests)} job(s) planned"]
 
     def _threads_per_job(self, n_jobs: int) -> int:
         return max(1, (os.cpu_count() or 1) // max(1, min(self.parallelism, n_jobs)))
@@ -93,7 +89,9 @@ class LocalBackend:
                 log.write(f"--- exit {proc.returncode}: retry {attempt} of {self.retries} in {delay:g} s ---\n".encode())
                 log.flush()
                 time.sleep(delay)
-        return JobOutcome(request, proc.returncode, time.perf_counter() - start, log_path, attempt)
+        code = proc.returncode
+        return JobOutcome(request, code, time.perf_counter() - start, attempts=attempt, state="Complete" if code == 0 else "Failed",
+                          job_name=request.name, log_path=log_path, error_line="" if code == 0 else log_error(log_path))
 
     def run(self, requests: list[JobRequest], title: str = "jobs") -> list[JobOutcome]:
         """Run all requests (at most `parallelism` at once); returns outcomes in request order."""
@@ -103,28 +101,13 @@ class LocalBackend:
         outcomes: list[JobOutcome | None] = [None] * len(requests)
         with ThreadPoolExecutor(self.parallelism) as pool:
             futures = {pool.submit(self._run_one, r, threads): i for i, r in enumerate(requests)}
-            from concurrent.futures import as_completed
-
-            with click.progressbar(
-                length=len(requests), label=f"{title} ({len(requests)} jobs)", file=sys.stderr,
-                show_pos=True, item_show_func=lambda o: o.request.name if o else None,
-            ) if self.show_progress else _NullBar() as bar:
+            with self.reporter.bar(f"{title} ({len(requests)} jobs)", len(requests)) if self.show_progress else no_bar() as bar:
                 for future in as_completed(futures):
                     outcome = future.result()
                     outcomes[futures[future]] = outcome
                     bar.update(1, outcome)
                     if not outcome.ok:
                         tries = f" after {outcome.attempts} attempts" if outcome.attempts > 1 else ""
-                        click.echo(f"\n{outcome.request.name} failed (exit {outcome.exit_code}{tries}): {outcome.last_error()}", err=True)
+                        self.reporter.say(f"\n{outcome.request.name} failed (exit {outcome.exit_code}{tries}): {outcome.last_error()}")
         return [o for o in outcomes if o is not None]
 
-
-class _NullBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n, item=None):
-        pass

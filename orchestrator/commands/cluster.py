@@ -9,52 +9,22 @@ from __future__ import annotations
 import click
 
 from jobs import layout
+from jobs.errors import SpecError
 from jobs.store import NotFound
 
-from orchestrator import k8s_render, plan
+from orchestrator import k8s_render
+from orchestrator.backends.base import BackendError
 from orchestrator.context import Experiment, experiment_options
-
-RENDER_STAGES = ("sweep", "head", "train", "evaluate", "evaluate-averages", "average")
-
-
-def _head(exp: Experiment):
-    from orchestrator.commands.stages import _head as stage_head
-
-    return stage_head(exp)
-
-
-def plan_stage(exp: Experiment, stage: str) -> list[plan.JobRequest]:
-    """The JobRequests a stage command would run now (what is complete in the store is left out)."""
-    cfg, store, uri = exp.config, exp.store, exp.uri
-    if stage in ("sweep", "head"):
-        head = plan.committed_head(cfg, store, uri) if cfg.head.enabled else None
-        if cfg.head.enabled and head is None:
-            return [plan.head_request(cfg, uri)]
-        if stage == "head":
-            return []
-        return plan.train_requests(cfg, store, uri, head)
-    if stage == "train":
-        return plan.train_requests(cfg, store, uri, _head(exp))
-    runs = plan.finished_runs(cfg, store, uri, _head(exp))
-    if not runs:
-        raise click.ClickException(f"no finished runs for the {stage} stage: run `orchestrator sweep` first")
-    if stage == "average":
-        return plan.average_requests(cfg, uri, runs, plan.make_draws(cfg, runs))
-    if stage == "evaluate-averages":
-        refs = plan.recorded_average_refs(store, runs)  # what the average stage recorded, not the current flags
-        return plan.evaluate_requests(cfg, store, uri, refs)
-    refs = [ref for r in runs for ref in plan.snapshot_refs(store, r.run_key)]
-    return plan.evaluate_requests(cfg, store, uri, refs)
+from orchestrator.running import cluster_backend
+from orchestrator.stage_plans import STAGES, plan_stage
 
 
 @click.command()
-@click.argument("stage", type=click.Choice(RENDER_STAGES))
+@click.argument("stage", type=click.Choice(STAGES))
 @experiment_options
 def render(exp: Experiment, stage: str, parallelism: int, backend: str) -> None:
     """Print the stage's Jobs as YAML for `kubectl apply -f -` (what is complete in the store is left out)."""
-    from orchestrator.backends.k8s import backend_for
-
-    b = backend_for(exp, parallelism, show_progress=False)
+    b = cluster_backend(exp, parallelism)
     jobs = b.render(plan_stage(exp, stage))
     if not jobs:
         click.echo(f"# {stage}: nothing to do (all done)", err=True)
@@ -69,14 +39,12 @@ def render(exp: Experiment, stage: str, parallelism: int, backend: str) -> None:
 @click.option("--tail", type=click.IntRange(1), default=None, help="Only the last N lines.")
 def logs(exp: Experiment, name: str, parallelism: int, backend: str, stored: bool, tail: int | None) -> None:
     """Show a Job's log: from its pod while the pod exists, else the copy in the store (logs/NAME.log)."""
-    from orchestrator.backends.k8s import backend_for
-
     text = None
     if not stored:
         try:
-            text = backend_for(exp, parallelism, show_progress=False).read_pod_log(name, tail_lines=tail)
-        except click.ClickException as e:
-            click.echo(f"(cluster not available: {e.message}; reading the stored copy)", err=True)
+            text = cluster_backend(exp, parallelism).read_pod_log(name, tail_lines=tail)
+        except (BackendError, SpecError) as e:  # no cluster, or no usable cluster settings
+            click.echo(f"(cluster not available: {e}; reading the stored copy)", err=True)
     if text is None:
         try:
             text = exp.store.get_bytes(layout.log_key(name)).decode("utf-8", errors="replace")
@@ -98,9 +66,7 @@ def logs(exp: Experiment, name: str, parallelism: int, backend: str, stored: boo
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def cancel(exp: Experiment, parallelism: int, backend: str, stage: str | None, propagation: str, yes: bool) -> None:
     """Delete the experiment's Jobs (and their pods). What is in the store stays; re-running resumes."""
-    from orchestrator.backends.k8s import backend_for
-
-    b = backend_for(exp, parallelism, show_progress=False)
+    b = cluster_backend(exp, parallelism)
     names = [j["metadata"]["name"] for j in b.list_jobs(stage)]
     if not names:
         click.echo(f"no Jobs of experiment {exp.name} in namespace {b.namespace}")

@@ -21,11 +21,12 @@ import click
 
 from jobs import layout
 from jobs.draws import DrawError
-from jobs.snapshots import read_manifest
+from jobs.snapshots import is_average_done, read_manifest
 from jobs.spec import AverageSpec
 
-from orchestrator import plan
+from orchestrator import plan, stage_plans
 from orchestrator.context import Experiment, experiment_options
+from orchestrator.formatting import human_bytes
 
 
 @dataclass
@@ -44,10 +45,10 @@ def _evaluated(store, ref: str) -> bool:
 def pending_inputs(exp: Experiment) -> set[str] | None:
     """Model refs that a pending average needs; None if the draws cannot be made yet (then every
     snapshot may still be needed)."""
-    from jobs.average import _done, draw_inputs
+    from jobs.api import draw_inputs
 
     cfg, store, uri = exp.config, exp.store, exp.uri
-    head = plan.committed_head(cfg, store, uri) if cfg.head.enabled else None
+    head = stage_plans.committed_head(exp)
     if cfg.head.enabled and head is None:
         return None
     runs = plan.finished_runs(cfg, store, uri, head)
@@ -60,17 +61,12 @@ def pending_inputs(exp: Experiment) -> set[str] | None:
     needed: set[str] = set()
     for draw in draws:
         spec = AverageSpec(experiment_uri=uri, task=cfg.task, methods=tuple(cfg.draws.methods), run_keys=draw.run_keys, draw_seed=draw.seed)
-        h = plan_hash(draw.run_keys)
-        todo = tuple(m for m in spec.methods if not all(_done(store, layout.draw_average_ref(draw.seed, h, m, k)) for k in range(1, draw.k + 1)))
+        h = layout.draw_hash(draw.run_keys)
+        todo = tuple(m for m in spec.methods
+                     if not all(is_average_done(store, layout.draw_average_ref(draw.seed, h, m, k)) for k in range(1, draw.k + 1)))
         if todo:
             needed |= draw_inputs(store, dataclasses.replace(spec, methods=todo))
     return needed
-
-
-def plan_hash(run_keys) -> str:
-    from jobs.spec import short_hash
-
-    return short_hash(list(run_keys), 8)
 
 
 PARTIAL_AGE_MINUTES = 60.0
@@ -110,7 +106,7 @@ def collect(exp: Experiment, partial_age_s: float = PARTIAL_AGE_MINUTES * 60) ->
         by_ref.setdefault(ref, []).append(key)
     notes: list[str] = []
     doomed: list[Doomed] = []
-    complete = {k.split("/")[1] for k in keys if k.startswith("runs/") and k.endswith("/complete.json")}
+    complete = {run for run in map(layout.completed_run, keys) if run}
     keep: dict[str, set[str]] = {}
     for run_key in sorted(complete):  # first: a malformed run-sum stops gc before it plans anything
         sum_manifest = layout.manifest_key(layout.run_sum_ref(run_key))
@@ -136,9 +132,9 @@ def collect(exp: Experiment, partial_age_s: float = PARTIAL_AGE_MINUTES * 60) ->
                 if trainer:
                     doomed.append(Doomed(ref, "trainer-state", trainer, 0))
                 continue
-            ordered = [k for k in ref_keys if k.endswith("/" + layout.MANIFEST)] + [k for k in ref_keys if not k.endswith("/" + layout.MANIFEST)]
+            ordered = [k for k in ref_keys if layout.manifest_ref(k)] + [k for k in ref_keys if not layout.manifest_ref(k)]
             doomed.append(Doomed(ref, "snapshot", ordered, 0))
-        elif _is_average(ref) and layout.manifest_key(ref) in ref_keys and _evaluated(store, ref):
+        elif layout.is_average_ref(ref) and layout.manifest_key(ref) in ref_keys and _evaluated(store, ref):
             ordered = [layout.manifest_key(ref)] + [k for k in ref_keys if k != layout.manifest_key(ref)]
             doomed.append(Doomed(ref, "average", ordered, 0))
     if unevaluated:
@@ -148,21 +144,6 @@ def collect(exp: Experiment, partial_age_s: float = PARTIAL_AGE_MINUTES * 60) ->
     for d in doomed:
         d.size = sum(store.size(k) for k in d.keys)
     return doomed + partial_writes(store, partial_age_s), notes
-
-
-def _is_average(ref: str) -> bool:
-    parts = ref.split("/")
-    if parts[0] == "averages" and len(parts) == 4:
-        return True
-    return len(parts) == 3 and parts[0] == "runs" and parts[2] == "ca"
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 @click.command()
@@ -184,13 +165,13 @@ def gc(exp: Experiment, parallelism: int, backend: str, dry_run: bool, yes: bool
         click.echo(f"gc: nothing to delete in {exp.uri}")
         return
     for d in doomed:
-        click.echo(f"  {d.what:13s} {d.ref}  ({_human(d.size)})")
+        click.echo(f"  {d.what:13s} {d.ref}  ({human_bytes(d.size)})")
     total = sum(d.size for d in doomed)
     counts = {}
     for d in doomed:
         counts[d.what] = counts.get(d.what, 0) + 1
     summary = ", ".join(f"{n} {what}(s)" for what, n in counts.items())
-    click.echo(f"gc: {summary}: {_human(total)} ({total} bytes) in {exp.uri}")
+    click.echo(f"gc: {summary}: {human_bytes(total)} ({total} bytes) in {exp.uri}")
     if dry_run:
         click.echo("gc: dry run, nothing deleted")
         return
@@ -201,4 +182,4 @@ def gc(exp: Experiment, parallelism: int, backend: str, dry_run: bool, yes: bool
             exp.store.delete(key)
         for key, upload_id in d.uploads:
             exp.store.abort_upload(key, upload_id)
-    click.echo(f"gc: deleted {len(doomed)} item(s), {_human(total)}")
+    click.echo(f"gc: deleted {len(doomed)} item(s), {human_bytes(total)}")

@@ -21,14 +21,16 @@ import jobs
 from jobs import layout
 from jobs.draws import Draw
 from jobs.snapshots import is_committed
-from jobs.spec import AverageSpec, short_hash, to_dict
+from jobs.spec import AverageSpec, to_dict
 from jobs.store import open_store
 
-from orchestrator import plan
-from orchestrator.commands.stages import _backend, _run_stage
+from orchestrator import plan, running
+from orchestrator.backends.base import Backend
 from orchestrator.context import Experiment, experiment_options
-from orchestrator.export import ExportError, _pct, check_output, english_dev, export_model, plateau_table
+from orchestrator.export import ExportError, check_output, english_dev, export_model, plateau_table
+from orchestrator.formatting import pct
 from orchestrator.options import bucket_option
+from orchestrator.running import run_stage
 
 METHOD = "r-ca"  # the paper's accumulative average: every snapshot of every run
 
@@ -39,18 +41,18 @@ def soup_key(name: str) -> str:
 
 
 def soup_name(draw: Draw) -> str:
-    return f"s{draw.seed}-k{draw.k}-{short_hash(list(draw.run_keys), 8)}"
+    return f"s{draw.seed}-k{draw.k}-{layout.draw_hash(draw.run_keys)}"
 
 
 def prefix_refs(seed: int, run_keys: Sequence[str]) -> list[str]:
     """The R-CA models after 1..n runs of a draw-mode average over `run_keys` (see jobs.average)."""
-    h = short_hash(list(run_keys), 8)
+    h = layout.draw_hash(run_keys)
     return [layout.draw_average_ref(seed, h, METHOD, k) for k in range(1, len(run_keys) + 1)]
 
 
 def average_request(exp: Experiment, seed: int, run_keys: Sequence[str]) -> plan.JobRequest:
     spec = AverageSpec(experiment_uri=exp.uri, task=exp.config.task, methods=(METHOD,), run_keys=tuple(run_keys), draw_seed=seed)
-    name = f"average-{exp.config.task}-soup-s{seed}-{short_hash(list(run_keys), 8)}"
+    name = f"average-{exp.config.task}-soup-s{seed}-{layout.draw_hash(run_keys)}"
     return plan.JobRequest("average", "average", name, spec, {"stage": "average", "task": exp.config.task, "draw": seed})
 
 
@@ -81,7 +83,7 @@ def grow(
         if eps is None or n == len(run_keys):
             continue
         scores = score_prefix(list(run_keys[:n]))
-        echo("running R-CA, English dev: " + ", ".join(f"k={k} {'-' if s is None else f'{100 * s:.1f}'}" for k, s in enumerate(scores, 1)))
+        echo("running R-CA, English dev: " + ", ".join(f"k={k} {pct(s)}" for k, s in enumerate(scores, 1)))
         if plateaued(scores, eps):
             echo(f"plateau: the last two runs each improved English dev by less than {eps}; {len(run_keys) - n} run(s) not launched")
             break
@@ -102,7 +104,7 @@ class PrefixScorer:
     The k-th average of any prefix of the draw is the same model, so a k scored in an earlier
     wave is not evaluated again."""
 
-    def __init__(self, exp: Experiment, backend, seed: int):
+    def __init__(self, exp: Experiment, backend: Backend, seed: int):
         self.exp, self.backend, self.seed = exp, backend, seed
         self.known: dict[int, float | None] = {}
 
@@ -110,7 +112,7 @@ class PrefixScorer:
         refs = prefix_refs(self.seed, prefix)
         ensure_averaged(self.exp, self.backend, self.seed, prefix)
         todo = refs if all_k else [ref for k, ref in enumerate(refs, 1) if k not in self.known]
-        _run_stage(self.backend, plan.evaluate_requests(self.exp.config, self.exp.store, self.exp.uri, todo), "evaluate soup")
+        run_stage(self.backend, plan.evaluate_requests(self.exp.config, self.exp.store, self.exp.uri, todo), "evaluate soup")
         dev = to_dict(self.exp.config.data.dev)
         for k, ref in enumerate(refs, 1):
             if all_k or k not in self.known:
@@ -118,18 +120,18 @@ class PrefixScorer:
         return [self.known[k] for k in range(1, len(refs) + 1)]
 
 
-def ensure_averaged(exp: Experiment, backend, seed: int, run_keys: Sequence[str]) -> None:
+def ensure_averaged(exp: Experiment, backend: Backend, seed: int, run_keys: Sequence[str]) -> None:
     if not all(is_committed(exp.store, ref) for ref in prefix_refs(seed, run_keys)):
-        _run_stage(backend, [average_request(exp, seed, run_keys)], "average soup")
+        run_stage(backend, [average_request(exp, seed, run_keys)], "average soup")
 
 
-def ensure_head(exp: Experiment, backend):
+def ensure_head(exp: Experiment, backend: Backend):
     cfg = exp.config
     if not cfg.head.enabled:
         return None
     head = plan.committed_head(cfg, exp.store, exp.uri)
     if head is None:
-        _run_stage(backend, [plan.head_request(cfg, exp.uri)], "head")
+        run_stage(backend, [plan.head_request(cfg, exp.uri)], "head")
         head = plan.committed_head(cfg, exp.store, exp.uri)
         if head is None:
             raise click.ClickException("the head run finished without committing a head; see its log")
@@ -152,7 +154,7 @@ def record(exp: Experiment, name: str, data: dict) -> None:
 
 def train_soup(
     exp: Experiment,
-    backend,
+    backend: Backend,
     runs: int,
     seed: int,
     until_plateau: float | None,
@@ -183,7 +185,7 @@ def train_soup(
 
     def train_wave(keys: list[str]) -> None:
         todo = {r.spec.run_key: r for r in plan.train_requests(exp.config, exp.store, exp.uri, head)}
-        _run_stage(backend, [todo[k] for k in keys if k in todo], f"train {len(keys)} run(s)")
+        run_stage(backend, [todo[k] for k in keys if k in todo], f"train {len(keys)} run(s)")
 
     scorer = scorer or PrefixScorer(exp, backend, seed)
     wave = parallelism if until_plateau is not None else runs
@@ -191,7 +193,7 @@ def train_soup(
     return SoupPlan(name, draw, head, list(draw.run_keys[:n]))
 
 
-def finish_soup(exp: Experiment, backend, soup: SoupPlan, out: str, force: bool) -> dict:
+def finish_soup(exp: Experiment, backend: Backend, soup: SoupPlan, out: str, force: bool) -> dict:
     """Average and evaluate every k of the trained prefix, record the soup, export k = n."""
     scorer = PrefixScorer(exp, backend, soup.draw.seed)
     scores = scorer(soup.trained, all_k=True)
@@ -211,7 +213,7 @@ def finish_soup(exp: Experiment, backend, soup: SoupPlan, out: str, force: bool)
         "stop rule": "all K runs" if data["until_plateau"] is None else f"--until-plateau {data['until_plateau']}",
     }
     r = export_model(exp.store, refs[-1], out, force, soup=card)
-    click.echo(f"\nsoup {refs[-1]} (English dev {_pct(r['english_dev'])}) exported to {out}")
+    click.echo(f"\nsoup {refs[-1]} (English dev {pct(r['english_dev'])}) exported to {out}")
     click.echo(f"export again with: orchestrator export --bucket {exp.uri} --ref {refs[-1]} --out DIR")
     return r
 
@@ -234,9 +236,9 @@ def soup(exp: Experiment, parallelism: int, backend: str, runs: int, seed: int, 
     finish_soup(exp, b, plan_, out, force)
 
 
-def make_backend(exp: Experiment, parallelism: int, backend: str):
+def make_backend(exp: Experiment, parallelism: int, backend: str) -> Backend:
     """The stages' backend (local processes, or Kubernetes Jobs); tests replace this seam."""
-    return _backend(exp, parallelism, backend)
+    return running.make_backend(exp, parallelism, backend)
 
 
 def _check_out(out: str, force: bool) -> None:
@@ -269,4 +271,4 @@ def export(bucket: str, experiment: str | None, ref: str, out: str, force: bool)
         r = export_model(store, ref, out, force)
     except ExportError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"exported {ref} ({r['method'] or r['kind']}, {len(r['snapshots'])} snapshots, English dev {_pct(r['english_dev'])}) to {out}")
+    click.echo(f"exported {ref} ({r['method'] or r['kind']}, {len(r['snapshots'])} snapshots, English dev {pct(r['english_dev'])}) to {out}")

@@ -4,81 +4,36 @@ from __future__ import annotations
 import click
 
 from jobs import layout
+from jobs.draws import DrawError
 
-from orchestrator import plan
-from orchestrator.backends.local import LocalBackend
+from orchestrator import plan, stage_plans
+from orchestrator.backends.base import Backend
 from orchestrator.context import Experiment, experiment_options
+from orchestrator.running import make_backend, run_stage
 
 
-def _backend(exp: Experiment, parallelism: int, backend: str = "local"):
-    if backend == "k8s":
-        from orchestrator.backends.k8s import backend_for
-
-        return backend_for(exp, parallelism)
-    return LocalBackend(parallelism=parallelism, retries=exp.retries)
-
-
-def _run_stage(backend, requests, title: str, dry_run: bool = False) -> None:
-    if dry_run and hasattr(backend, "describe"):  # k8s: the Jobs and the plan's cost
-        backend.describe(requests, title)
-        return
-    if dry_run:
-        for r in requests:
-            click.echo(f"would run {r.kind:8s} {r.name}")
-        click.echo(f"{title}: {len(requests)} job(s) planned")
-        return
-    if not requests:
-        click.echo(f"{title}: nothing to do (all done)", err=True)
-        return
-    outcomes = backend.run(requests, title)
-    failed = [o for o in outcomes if not o.ok]
-    if failed:
-        names = ", ".join(o.request.name for o in failed[:5])
-        raise click.ClickException(
-            f"{title}: {len(failed)} of {len(outcomes)} job(s) failed ({names}); logs in {backend.log_dir}/; "
-            f"re-run the command to retry only what is missing"
-        )
-
-
-def do_sweep(exp: Experiment, backend, dry_run: bool = False) -> None:
-    cfg, store, uri = exp.config, exp.store, exp.uri
+def do_sweep(exp: Experiment, backend: Backend, dry_run: bool = False) -> None:
     head = None
-    if cfg.head.enabled:
-        head = plan.committed_head(cfg, store, uri)
+    if exp.config.head.enabled:
+        head = stage_plans.committed_head(exp)
         if head is None:
-            _run_stage(backend, [plan.head_request(cfg, uri)], "head", dry_run)
-            head = plan.committed_head(cfg, store, uri)
+            run_stage(backend, [plan.head_request(exp.config, exp.uri)], "head", dry_run)
+            head = stage_plans.committed_head(exp)
             if head is None and dry_run:
                 click.echo("train: grid runs are planned once the head exists")
-                if hasattr(backend, "describe"):  # k8s: still show what the grid will cost
-                    _run_stage(backend, plan.train_requests(cfg, store, uri, None), "train (estimate; names change once the head exists)", dry_run)
+                if backend.estimates_cost:  # still show what the grid will cost
+                    run_stage(backend, stage_plans.train_requests(exp, None), "train (estimate; names change once the head exists)", dry_run)
                 return
-    _run_stage(backend, plan.train_requests(cfg, store, uri, head), "train", dry_run)
+    run_stage(backend, stage_plans.train_requests(exp, head), "train", dry_run)
 
 
-def _head(exp: Experiment):
-    if not exp.config.head.enabled:
-        return None
-    head = plan.committed_head(exp.config, exp.store, exp.uri)
-    if head is None:
-        raise click.ClickException("the head stage has not run yet: run `orchestrator sweep` first")
-    return head
+def do_evaluate_snapshots(exp: Experiment, backend: Backend, dry_run: bool = False) -> None:
+    runs = stage_plans.finished_runs(exp, "to evaluate")
+    run_stage(backend, stage_plans.snapshot_evaluations(exp, runs), "evaluate snapshots", dry_run)
 
 
-def do_evaluate_snapshots(exp: Experiment, backend, dry_run: bool = False) -> None:
-    runs = plan.finished_runs(exp.config, exp.store, exp.uri, _head(exp))
-    if not runs:
-        raise click.ClickException("no finished runs to evaluate: run `orchestrator sweep` first")
-    refs = [ref for r in runs for ref in plan.snapshot_refs(exp.store, r.run_key)]
-    _run_stage(backend, plan.evaluate_requests(exp.config, exp.store, exp.uri, refs), "evaluate snapshots", dry_run)
-
-
-def do_average(exp: Experiment, backend, dry_run: bool = False) -> list:
-    from jobs.draws import DrawError
-
-    runs = plan.finished_runs(exp.config, exp.store, exp.uri, _head(exp))
-    if not runs:
-        raise click.ClickException("no finished runs to average: run `orchestrator sweep` first")
+def do_average(exp: Experiment, backend: Backend, dry_run: bool = False) -> list:
+    runs = stage_plans.finished_runs(exp, "to average")
     try:
         draws = plan.make_draws(exp.config, runs)
         for line in plan.soup_shortfalls(exp.store, draws, tuple(exp.config.draws.methods)):
@@ -87,19 +42,19 @@ def do_average(exp: Experiment, backend, dry_run: bool = False) -> list:
         raise click.ClickException(str(e)) from None
     if not dry_run:  # the record says what was drawn, from how many finished runs, and when
         draws = plan.record_draws(exp.store, draws, tuple(exp.config.draws.methods))
-    _run_stage(backend, plan.average_requests(exp.config, exp.uri, runs, draws), "average", dry_run)
+    run_stage(backend, plan.average_requests(exp.config, exp.uri, runs, draws), "average", dry_run)
     return plan.average_refs(exp.config, runs, draws)
 
 
-def do_evaluate_averages(exp: Experiment, backend, dry_run: bool = False) -> None:
+def do_evaluate_averages(exp: Experiment, backend: Backend, dry_run: bool = False) -> None:
     """Evaluate what the average stage recorded (every draw record's averages and the runs' CA),
     not draws re-derived from the current flags."""
-    runs = plan.finished_runs(exp.config, exp.store, exp.uri, _head(exp))
+    runs = plan.finished_runs(exp.config, exp.store, exp.uri, stage_plans.required_head(exp))
     refs = plan.recorded_average_refs(exp.store, runs)
     if not refs:
         click.echo("evaluate averages: no stored averaged models (run `orchestrator average` first; fused averages are scored there)", err=True)
         return
-    _run_stage(backend, plan.evaluate_requests(exp.config, exp.store, exp.uri, refs), "evaluate averages", dry_run)
+    run_stage(backend, plan.evaluate_requests(exp.config, exp.store, exp.uri, refs), "evaluate averages", dry_run)
 
 
 dry_run_option = click.option("--dry-run", is_flag=True, help="Print the jobs that would run; run nothing.")
@@ -110,7 +65,7 @@ dry_run_option = click.option("--dry-run", is_flag=True, help="Print the jobs th
 @dry_run_option
 def sweep(exp: Experiment, parallelism: int, backend: str, dry_run: bool) -> None:
     """Train the head stage (when enabled and missing), then every grid run not yet complete."""
-    do_sweep(exp, _backend(exp, parallelism, backend), dry_run)
+    do_sweep(exp, make_backend(exp, parallelism, backend), dry_run)
 
 
 @click.command()
@@ -120,12 +75,12 @@ def sweep(exp: Experiment, parallelism: int, backend: str, dry_run: bool) -> Non
 @click.option("--averages/--snapshots", "averages", default=False, help="Evaluate averaged models instead of snapshots.")
 def evaluate(exp: Experiment, parallelism: int, backend: str, dry_run: bool, refs: tuple[str, ...], averages: bool) -> None:
     """Evaluate snapshots (or averaged models) on English dev and every target set."""
-    b = _backend(exp, parallelism, backend)
+    b = make_backend(exp, parallelism, backend)
     if refs:
         missing = [r for r in refs if not exp.store.exists(layout.manifest_key(r))]
         if missing:
             raise click.ClickException(f"model ref {missing[0]} does not exist in {exp.uri}; `orchestrator status` lists refs")
-        _run_stage(b, plan.evaluate_requests(exp.config, exp.store, exp.uri, list(refs)), "evaluate", dry_run)
+        run_stage(b, plan.evaluate_requests(exp.config, exp.store, exp.uri, list(refs)), "evaluate", dry_run)
     elif averages:
         do_evaluate_averages(exp, b, dry_run)
     else:
@@ -175,7 +130,7 @@ def average(ctx, exp: Experiment, parallelism: int, backend: str, dry_run: bool,
         raise click.UsageError("--drop-averages needs --fused-evaluate (or draws.fused_evaluate: true): else the averages would be lost unscored")
     d.validate("--methods")
     exp.config = dataclasses.replace(exp.config, draws=d)
-    do_average(exp, _backend(exp, parallelism, backend), dry_run)
+    do_average(exp, make_backend(exp, parallelism, backend), dry_run)
 
 
 @click.command()
@@ -183,7 +138,7 @@ def average(ctx, exp: Experiment, parallelism: int, backend: str, dry_run: bool,
 @click.pass_context
 def pipeline(ctx, exp: Experiment, parallelism: int, backend: str) -> None:
     """Run every stage in order: head, sweep, evaluate, average, evaluate averages, tables."""
-    b = _backend(exp, parallelism, backend)
+    b = make_backend(exp, parallelism, backend)
     do_sweep(exp, b)
     do_evaluate_snapshots(exp, b)
     do_average(exp, b)

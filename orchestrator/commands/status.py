@@ -13,14 +13,13 @@ from jobs.store import decode_json
 
 from orchestrator import plan
 from orchestrator.context import Experiment, experiment_options
-
-MODEL_ROOTS = ("runs/", "heads/", "averages/")
+from orchestrator.running import cluster_backend
 
 
 def _latest(store, manifests: list[str]) -> dict | None:
     for key in reversed(manifests):  # the newest readable one (an unreadable one is reported below)
         try:
-            return parse_manifest(store.get_bytes(key), key.rsplit("/", 1)[0])
+            return parse_manifest(store.get_bytes(key), layout.manifest_ref(key))
         except JobError:
             continue
     return None
@@ -35,10 +34,10 @@ def run_rows(exp: Experiment) -> list[dict]:
     rows = []
     for spec in specs:
         key = spec.run_key
-        manifests = [k for k in store.list_keys(f"runs/{key}/snapshots/") if k.endswith(layout.MANIFEST)]
+        manifests = [k for k in store.list_keys(layout.snapshots_prefix(key)) if layout.manifest_ref(k)]
         latest = _latest(store, manifests)
         complete = store.exists(layout.run_complete_key(key))
-        evaluated = sum(store.exists(layout.results_key(m.rsplit("/", 1)[0])) for m in manifests)
+        evaluated = sum(store.exists(layout.results_key(layout.manifest_ref(m))) for m in manifests)
         dev = latest.get("dev_score") if latest else None
         rows.append(
             {
@@ -65,9 +64,9 @@ def check_store(store, verify: bool = False) -> tuple[list[str], list[str]]:
     sizes = store.list_sizes()
     problems: list[str] = []
     notes: list[str] = []
-    manifests = [k for k in sizes if k.endswith("/" + layout.MANIFEST) and k.startswith(MODEL_ROOTS)]
+    manifests = [k for k in sizes if layout.manifest_ref(k) and k.startswith(layout.MODEL_PREFIXES)]
     for key in manifests:
-        ref = key[: -len(layout.MANIFEST) - 1]
+        ref = layout.manifest_ref(key)
         try:
             manifest = parse_manifest(store.get_bytes(key), ref)
             found = check_committed(store, ref, manifest, verify, sizes)
@@ -75,8 +74,7 @@ def check_store(store, verify: bool = False) -> tuple[list[str], list[str]]:
             problems.append(str(e))
             continue
         problems += [f"model {ref}: {p}" for p in found]
-    records = [k for k in sizes if k.endswith(".json") and not k.endswith("/" + layout.MANIFEST)
-               and (k.startswith("draws/") or k.endswith(("/complete.json", "/spec.json")))]
+    records = [k for k in sizes if layout.is_record_key(k)]
     for key in records:
         try:
             value = decode_json(store.get_bytes(key), key)
@@ -84,11 +82,20 @@ def check_store(store, verify: bool = False) -> tuple[list[str], list[str]]:
                 problems.append(f"{key}: expected a JSON object, found {type(value).__name__}")
         except JobError as e:
             problems.append(str(e))
-    uncommitted = [k for k in sizes if k.endswith("/" + layout.WEIGHTS) and f"{k.rsplit('/', 1)[0]}/{layout.MANIFEST}" not in sizes]
+    uncommitted = [k for k in sizes if layout.weights_ref(k) and layout.manifest_key(layout.weights_ref(k)) not in sizes]
     if uncommitted:
         notes.append(f"{len(uncommitted)} uncommitted weights file(s) (an interrupted job; its retry rewrites them), "
                      f"e.g. {uncommitted[0]}")
     return problems, notes
+
+
+def progress_lines(store) -> list[str]:
+    """The last progress line (jobs/progress.py) of every job that is running, or was killed
+    while running: one display line each, with its age (a killed job's line only grows older)."""
+    from jobs.progress import format_duration, running_jobs
+
+    return [f"{j['job']}  {format_duration(j['age']) + ' ago' if j['age'] is not None else '-'}  "
+            f"{j['line'].removeprefix('progress ')}" for j in running_jobs(store)]
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -109,17 +116,17 @@ def status(exp: Experiment, parallelism: int, backend: str, verify: bool = False
     then check every committed model's files against its manifest (exit 1 if any is corrupt)."""
     rows = run_rows(exp)
     if backend == "k8s":  # a Job-state column: what the cluster says beside what the store holds
-        from orchestrator.backends.k8s import backend_for
-
-        jobs = backend_for(exp, parallelism, show_progress=False).job_table()
+        jobs = cluster_backend(exp, parallelism).job_table()
         for row in rows:
             job = jobs.get(row["run"], {})
             row.update({"job state": job.get("job state", "-"), "retries": job.get("retries", "-")})
     click.echo(f"experiment {exp.name} at {exp.uri}")
     click.echo(format_rows(rows))
-    averages = sorted({k.rsplit("/", 1)[0] for k in exp.store.list_keys("averages/") if k.endswith(layout.MANIFEST)})
-    results = [k for k in exp.store.list_keys("results/") if k.endswith(".parquet")]
+    averages = sorted({layout.manifest_ref(k) for k in exp.store.list_keys(layout.AVERAGES) if layout.manifest_ref(k)})
+    results = [k for k in exp.store.list_keys(layout.RESULTS) if k.endswith(".parquet")]
     click.echo(f"\n{len(averages)} averaged models, {len(results)} results files")
+    for i, text in enumerate(progress_lines(exp.store)):
+        click.echo(("\nrunning jobs (last progress line):\n" if i == 0 else "") + f"  {text}")
     problems, notes = check_store(exp.store, verify)
     for note in notes:
         click.echo(f"note: {note}")

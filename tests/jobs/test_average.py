@@ -14,7 +14,7 @@ from jobs.snapshots import read_manifest
 from jobs.spec import AverageSpec, short_hash
 from jobs.store import LocalStore
 
-from test_average_support import load, make_runs, max_abs_diff, naive_mean
+from average_support import load, make_runs, max_abs_diff, naive_mean
 
 # dev scores per run (3 snapshots each) chosen so that soup-2's top set changes as k grows:
 # k=1 {r0@20, r0@30}, k=2 {r1@10, r1@30} (both replaced), k=3 {r2@20, r1@10}, k=4 adds r3@30
@@ -112,7 +112,7 @@ def test_per_run_ca_uniform_and_bf16_output(draw_store, tmp_path):
 
 def test_chunked_pass_matches_for_any_chunk_size(draw_store, tmp_path):
     """Tensors split across chunks (and chunks spanning few elements) give the same sums."""
-    from jobs.average import Output, stream_average
+    from jobs.averaging.engine import Output, stream_average
     from jobs.snapshots import WeightsCache
     from jobs.tensorio import MappedFile
 
@@ -139,7 +139,7 @@ def test_chunked_pass_matches_for_any_chunk_size(draw_store, tmp_path):
 
 
 def test_read_ahead_asks_for_every_chunk_once_and_before_the_pass_reaches_it():
-    from jobs.average import PREFETCH_CHUNKS, _prefetch_plan
+    from jobs.averaging.engine import PREFETCH_CHUNKS, _prefetch_plan
     from jobs.tensorio import TensorInfo
 
     infos = {

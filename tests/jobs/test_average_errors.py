@@ -13,7 +13,7 @@ from jobs.snapshots import SnapshotError, read_manifest
 from jobs.spec import AverageSpec, SpecError, spec_from_dict
 from jobs.store import LocalStore
 
-from test_average_support import commit_run, make_runs, random_state, run_spec, small_shapes
+from average_support import commit_run, make_runs, random_state, run_spec, small_shapes
 
 CONFIGS = [(1e-5, 16), (2e-5, 16), (3e-5, 32)]
 

@@ -14,7 +14,7 @@ from jobs.spec import AverageSpec, DatasetRef, Evaluation, short_hash
 from jobs.store import LocalStore
 from jobs.tasks import get_task
 
-from test_average_support import commit_run, naive_mean, run_spec
+from average_support import commit_run, naive_mean, run_spec
 
 DEV = DatasetRef("synthetic-nli", "en", "validation", limit=48)
 TARGET = DatasetRef("synthetic-nli", "xx-near", "test", limit=32)

@@ -13,7 +13,7 @@ from jobs.spec import AverageSpec, short_hash
 from jobs.store import LocalStore
 from jobs.tasks import get_task
 
-from test_average_support import commit_run, load, max_abs_diff, naive_mean, run_spec
+from average_support import commit_run, load, max_abs_diff, naive_mean, run_spec
 
 
 @pytest.mark.slow

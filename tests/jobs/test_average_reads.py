@@ -15,7 +15,7 @@ from jobs.snapshots import read_manifest
 from jobs.spec import AverageSpec
 from jobs.store import LocalStore, ReadCounter
 
-from test_average_support import make_runs
+from average_support import make_runs
 
 METHODS = ("r-last", "r-dev", "r-ca", "soup-5")
 CONFIGS = [(lr, bs) for lr in (1e-6, 5e-6, 1e-5, 2e-5) for bs in (16, 32, 64)]

@@ -13,7 +13,7 @@ from jobs.snapshots import read_manifest
 from jobs.spec import AverageSpec, short_hash
 from jobs.store import ReadCounter, open_store
 
-from test_average_support import load, make_runs, max_abs_diff, naive_mean
+from average_support import load, make_runs, max_abs_diff, naive_mean
 
 
 @pytest.mark.s3

@@ -14,7 +14,7 @@ from jobs.snapshots import read_manifest
 from jobs.spec import AverageSpec, short_hash, spec_from_dict
 from jobs.store import LocalStore
 
-from test_average_support import load, make_runs, max_abs_diff, naive_mean
+from average_support import load, make_runs, max_abs_diff, naive_mean
 
 CONFIGS = [(1e-5, 16), (2e-5, 16), (3e-5, 32)]
 SCORES = [[0.5, 0.9], [0.7, 0.4], [0.3, 0.8]]  # 2 snapshots per run

@@ -40,9 +40,43 @@ def test_too_many_runs_is_refused():
         draw_runs(grid(), 0, 7)
 
 
-def test_unfinished_configurations_are_not_candidates():
-    runs = [r for r in grid() if r.batch_size == 16]
-    assert all(k in {r.run_key for r in runs} for k in draw_runs(runs, 0, 3).run_keys)
+def test_unfinished_runs_and_configurations_are_not_candidates(tmp_path):
+    """A grid where one configuration has no finished run and another only one of its two: the
+    average stage's draws (plan.finished_runs, then draw_runs) shuffle only the configurations
+    with a finished run and pick only finished runs, exactly as the protocol by hand does."""
+    from jobs import layout
+    from jobs.store import LocalStore
+    from orchestrator import plan
+    from orchestrator.config import load_config
+
+    cfg = load_config(None, {"task": "nli", "base_model": "tiny", "head": {"enabled": False},
+                             "grid": {"learning_rates": list(LRS), "batch_sizes": list(BSS), "seeds": [1, 2]}})
+    store = LocalStore(tmp_path / "store")
+    unfinished = {(1e-6, 16, 1), (1e-6, 16, 2), (5e-6, 32, 1)}  # (1e-6, 16) has no finished run; (5e-6, 32) only seed 2
+    for spec in plan.grid_specs(cfg, store.uri, None):
+        if (spec.learning_rate, spec.batch_size, spec.seed) not in unfinished:
+            store.put_bytes(layout.run_complete_key(spec.run_key), b"{}")
+    finished = plan.finished_runs(cfg, store, store.uri, None)
+    assert len(finished) == 12 - 3
+
+    configs = sorted({(r.learning_rate, r.batch_size) for r in finished})
+    assert len(configs) == 5 and (1e-6, 16) not in configs
+    with pytest.raises(DrawError, match="only 5 exist"):  # the grid has 6 configurations, 5 with a finished run
+        draw_runs(finished, 0, 6)
+    differs_from_whole_grid = False
+    for seed in range(10):
+        rng = random.Random(seed)
+        shuffled = list(configs)
+        rng.shuffle(shuffled)
+        expected = []
+        for lr, bs in shuffled[:4]:
+            candidates = sorted((r for r in finished if (r.learning_rate, r.batch_size) == (lr, bs)), key=lambda r: r.seed)
+            expected.append(rng.choice(candidates).run_key)
+        draw = draw_runs(finished, seed, 4)
+        assert list(draw.run_keys) == expected, seed
+        assert draw.finished_runs == 9
+        differs_from_whole_grid |= draw.run_keys != plan.draw_from_grid(cfg, store.uri, None, seed, 4).run_keys
+    assert differs_from_whole_grid  # the unfinished runs really changed the candidates
 
 
 def test_round_trip():

@@ -1,6 +1,4 @@
 """Job specs: JSON round trips, validation errors that name the field, run keys."""
-import json
-
 import pytest
 
 from jobs.spec import (

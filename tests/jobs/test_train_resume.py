@@ -5,7 +5,11 @@ curve up to a snapshot is committed with it.
 
 Kill points (jobs.faults fail points): mid-epoch, a snapshot written locally but not stored,
 between a snapshot's weights and its manifest, right after its manifest (before the run's
-curve.parquet is written), before the run-sum, before the completion marker.
+curve.parquet is written), before the run-sum, before the completion marker. The snapshot points
+fire in the thread that commits snapshots while training goes on (jobs.train_commits).
+
+A commit that fails in that thread (an injected store or data error) stops the job with the
+error's exit code before any later snapshot is committed, and the re-run is bit-identical too.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from jobs import layout
 from jobs.snapshots import read_manifest
 from jobs.spec import DatasetRef, TrainSpec, spec_to_json
 from jobs.store import open_store
-from jobs.train import run_train
+from jobs.train import committed_snapshots, run_train
 
 
 def _spec(uri: str, precision: str = "fp32") -> TrainSpec:
@@ -79,3 +83,22 @@ def test_a_killed_run_resumes_bit_identical(tmp_path, reference, fault, precisio
     assert not store.exists(layout.run_complete_key(spec.run_key))
     key = run_train(spec)  # the retry
     assert _fingerprint(uri, key) == reference[precision]
+
+
+@pytest.mark.parametrize("fault, code", [
+    ("commit.before-manifest@2=fail", 75),          # the second snapshot's upload fails in the commit thread
+    ("train.after-snapshot@1=fail-permanent", 3),   # after the first manifest, before the run's curve
+])
+def test_a_failed_background_commit_stops_the_job_with_its_code_and_the_rerun_is_bit_identical(tmp_path, reference, fault, code):
+    uri = f"file://{tmp_path}/store"
+    spec = _spec(uri)
+    proc = subprocess.run([sys.executable, "-m", "jobs", "train", "--spec", "-"], input=spec_to_json(spec),
+                          env=dict(os.environ, XLT_FAILPOINTS=fault), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
+    errors = [l for l in proc.stderr.splitlines() if " ERROR " in l]
+    assert len(errors) == 1 and "injected" in errors[0] and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    store = open_store(uri)
+    assert [m["step"] for m in committed_snapshots(store, spec.run_key)] == [3]  # nothing committed after the failure
+    assert not store.exists(layout.run_complete_key(spec.run_key))
+    key = run_train(spec)  # the retry
+    assert _fingerprint(uri, key) == reference["fp32"]

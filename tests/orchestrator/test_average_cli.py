@@ -12,7 +12,7 @@ from orchestrator import plan
 from orchestrator.commands.stages import average
 from orchestrator.context import open_experiment
 
-from tests.jobs.test_average_support import make_runs, naive_mean
+from tests.jobs.average_support import make_runs, naive_mean
 
 CONFIGS = [(1e-5, 16), (2e-5, 16), (3e-5, 32)]
 

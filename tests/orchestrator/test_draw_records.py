@@ -4,7 +4,7 @@
 several records of one seed (another K, or re-drawn after more runs finished) are read by
 `tables`, which says which record it used; soup-N over too few snapshots says so or is refused.
 The finished runs are the tiny preset's model with noise, committed exactly as the train job
-commits them (tests/jobs/test_average_support.py): training is not under test here, and the
+commits them (tests/jobs/average_support.py): training is not under test here, and the
 average and evaluate jobs (real processes) are.
 
 Run it with: .venv/bin/python -m pytest tests/orchestrator/test_draw_records.py
@@ -31,7 +31,7 @@ from orchestrator import plan
 from orchestrator.cli import main
 from orchestrator.context import open_experiment
 
-from tests.jobs.test_average_support import commit_run
+from tests.jobs.average_support import commit_run
 
 # whole pipelines of real job processes: minutes on 2 idle cores, far more beside other CPU work
 pytestmark = pytest.mark.timeout(1500)

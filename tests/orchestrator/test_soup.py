@@ -163,7 +163,8 @@ def test_until_plateau_stops_launching_runs(tmp_path):
     exp = open_experiment(f"file://{tmp_path / 'store'}", None, str(config), {})
 
     class FakeBackend:
-        log_dir = tmp_path
+        log_location = f"logs in {tmp_path}/"
+        estimates_cost = False
 
         def __init__(self):
             self.launched = []

@@ -8,11 +8,11 @@ import socket
 import threading
 import time
 
-import click
 import pytest
 from click.testing import CliRunner
 from kubernetes import client
 
+from orchestrator.backends.base import BackendError
 from orchestrator.backends.k8s import K8sBackend
 from orchestrator.cli import main
 from orchestrator.k8s_render import load_cluster_settings
@@ -192,7 +192,7 @@ def test_unreachable_api_server(tmp_path, monkeypatch, bucket):
     cfg = Configuration(host=f"http://127.0.0.1:{port}")
     cfg.retries = 0
     backend = K8sBackend(load_cluster_settings(None, {"image_prefix": "ghcr.io/acme"}), "exp", api_client=client.ApiClient(cfg))
-    with pytest.raises(click.ClickException, match="cannot reach the Kubernetes API server at http://127.0.0.1"):
+    with pytest.raises(BackendError, match="cannot reach the Kubernetes API server at http://127.0.0.1"):
         backend.preflight()
 
 
@@ -246,9 +246,9 @@ def test_failure_midway_reports_what_was_created(clean_jobs, bucket, monkeypatch
             return real.create_namespaced_job(namespace, body, **kw)
 
     monkeypatch.setattr(K8sBackend, "batch", property(lambda self: QuotaAfterTwo()))
-    with pytest.raises(click.ClickException) as err:
+    with pytest.raises(BackendError) as err:
         backend.run(requests, "train")
-    msg = err.value.message
+    msg = str(err.value)
     created = sorted(jobs(emu))
     assert len(created) == 2 and "created before the failure" in msg
     assert all(name in msg for name in created)

@@ -14,7 +14,7 @@ from orchestrator import plan
 from orchestrator.commands.gc import gc
 from orchestrator.context import open_experiment
 
-from test_average_support import make_runs
+from tests.jobs.average_support import make_runs
 
 CONFIGS = [(1e-5, 16), (2e-5, 16), (3e-5, 32)]
 
