@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 # the public API
 CONTRACT_MODULES = {
     "jobs", "jobs.api", "jobs.draws", "jobs.errors", "jobs.hashing", "jobs.layout", "jobs.progress", "jobs.results",
-    "jobs.snapshots", "jobs.spec", "jobs.store", "jobs.data", "jobs.data.errors", "jobs.data.registry",
+    "jobs.snapshots", "jobs.spec", "jobs.store", "jobs.store.base", "jobs.store.local", "jobs.store.s3", "jobs.data", "jobs.data.errors", "jobs.data.registry",
     "jobs.averaging", "jobs.averaging.errors", "jobs.averaging.methods",
 }
 

@@ -35,6 +35,7 @@ from jobs.averaging.members import (
 from jobs.averaging.methods import DRAWS, EXPLICIT
 from jobs.common import log, progress, setup_torch
 from jobs.draws import merge_record, utc_now
+from jobs.progress import Progress, format_bytes, job_name
 from jobs.scratch import scratch_dir
 from jobs.snapshots import AlreadyCommitted, WeightsCache, adopt_committed, commit_model, is_average_done, is_committed, read_manifest
 from jobs.spec import AverageSpec
@@ -98,7 +99,9 @@ def execute(store: ObjectStore, cache: WeightsCache, scratch: Path, work: Averag
         committed = []
         by_ref = {o.ref: o for o in outputs}
         refs = list(hashes) if delivery.commit or evaluator is not None else []
-        for ref in progress(refs, desc="evaluate + commit" if evaluator is not None else "commit", unit="model"):
+        line = Progress("average", len(refs), "averages", store=store, job=job_name("average"))
+        line.update(0, f"read {format_bytes(sum(Path(p).stat().st_size for p in paths.values()))}", force=True)  # the pass is over
+        for done, ref in enumerate(progress(refs, desc="evaluate + commit" if evaluator is not None else "commit", unit="model")):
             manifest = dict(by_ref[ref].manifest, dtype=work.out_dtype)
             rows = evaluator.score_file(ref, out_paths[ref], dict(manifest, ref=ref)) if evaluator is not None else None
             if delivery.commit:
@@ -109,6 +112,8 @@ def execute(store: ObjectStore, cache: WeightsCache, scratch: Path, work: Averag
             out_paths[ref].unlink(missing_ok=True)
             if rows is not None:
                 evaluator.write(ref, rows)
+            line.update(done + 1)
+        line.close()
         return committed
     finally:
         if delivery.commit or evaluator is not None:
