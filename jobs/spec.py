@@ -210,6 +210,17 @@ def snapshot_steps(schedule: tuple[float, str] | None, snapshots_per_epoch: int 
     return list(range(interval, total + 1, interval))
 
 
+# The training settings an experiment config sets alike for every run of its grid. One list for
+# the config (orchestrator.config.ExperimentConfig declares each of them, with the paper's
+# defaults), the planner (which copies them into every TrainSpec) and the model card. The task's
+# own options (ner_labels, qa_questions) travel through task_options; freeze_word_embeddings is
+# written only when true (None keeps older run keys).
+TRAINING_SETTINGS = (
+    "epochs", "snapshots_per_epoch", "snapshot_every", "warmup_ratio", "weight_decay", "max_grad_norm", "max_length",
+    "precision", "micro_batch_size", "eval_batch_size",
+)
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """One fine-tuning run (stage "train") or the task's head run (stage "head").
@@ -256,6 +267,13 @@ class TrainSpec:
     LATER_KEY_FIELDS: typing.ClassVar[tuple[str, ...]] = (
         "snapshot_every", "ner_labels", "qa_questions", "freeze_word_embeddings",
     )
+
+    @classmethod
+    def weight_settings(cls, spec: Mapping[str, Any]) -> dict:
+        """The settings of a spec (as JSON) that shaped its weights, identity fields aside: the run
+        key's fields but the task, model, data, grid point and stage (the model card's "training")."""
+        identity = {"task", "base_model", "train_data", "learning_rate", "batch_size", "seed", "stage"}
+        return {k: spec.get(k) for k in (*cls.KEY_FIELDS, *cls.LATER_KEY_FIELDS) if k not in identity}
 
     def __post_init__(self):
         if self.snapshot_every is not None:  # one spelling per schedule, so one run key

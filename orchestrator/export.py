@@ -23,6 +23,7 @@ from jobs.api import ExportError, write_hf_model
 from jobs.errors import PermanentError
 from jobs.results import from_parquet_bytes
 from jobs.snapshots import WeightsCache, is_committed, read_manifest
+from jobs.spec import TrainSpec
 from jobs.store import NotFound, ObjectStore, open_store
 
 from orchestrator.analysis.tables import label
@@ -167,9 +168,7 @@ def recipe(store: ObjectStore, ref: str, manifest: dict | None = None) -> dict:
     for run in runs:
         snapshot_scores.update({s["ref"]: s["dev_score"] for s in run["snapshots"]})
     constituents = manifest.get("constituents") or [{"ref": manifest["ref"], "sha256": manifest["sha256"]}]
-    # TODO: the training settings are copied field by field from the spec's JSON; a shared type of
-    # "the settings that shaped the weights" in jobs.spec would keep this list from going stale.
-    training = {k: spec.get(k) for k in ("epochs", "snapshot_every", "snapshots_per_epoch", "ner_labels", "qa_questions", "warmup_ratio", "weight_decay", "max_grad_norm", "max_length", "precision")}
+    training = TrainSpec.weight_settings(spec)
     training["train_data"] = spec.get("train_data")
     training["frozen_head"] = (spec.get("head") or {}).get("ref")
     return {

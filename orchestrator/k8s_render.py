@@ -178,7 +178,7 @@ def work_identity(request: JobRequest) -> str:
     """What makes two Jobs the same work: the experiment plus the run key (train) or the spec
     without execution settings. A Job of that name is reused, never created twice."""
     spec = to_dict(request.spec)
-    for volatile in ("deadline_seconds", "num_threads", "micro_batch_size", "eval_batch_size", "batch_size_eval"):
+    for volatile in ("deadline_seconds", "num_threads", "micro_batch_size", "eval_batch_size"):
         spec.pop(volatile, None)
     work = getattr(request.spec, "run_key", None) or spec
     return short_hash({"kind": request.kind, "stage": request.stage, "experiment": to_dict(request.spec)["experiment_uri"], "work": work}, 6)

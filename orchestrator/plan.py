@@ -12,7 +12,7 @@ from jobs import layout
 from jobs.averaging.methods import DRAWS, RUN_AVERAGES, RunCA, get_method
 from jobs.draws import Draw, RunInfo, draw_runs
 from jobs.snapshots import is_committed, read_manifest
-from jobs.spec import AverageSpec, EvaluateSpec, Evaluation, HeadRef, TrainSpec
+from jobs.spec import TRAINING_SETTINGS, AverageSpec, EvaluateSpec, Evaluation, HeadRef, TrainSpec
 from jobs.errors import MalformedFile
 from jobs.store import ObjectStore, read_json
 
@@ -40,20 +40,11 @@ def _train_spec(cfg: ExperimentConfig, uri: str, lr: float, bs: int, seed: int, 
         learning_rate=lr,
         batch_size=bs,
         seed=seed,
-        epochs=cfg.epochs,
-        snapshots_per_epoch=cfg.snapshots_per_epoch,
-        snapshot_every=cfg.snapshot_every,
+        **{name: getattr(cfg, name) for name in TRAINING_SETTINGS},
         freeze_word_embeddings=cfg.freeze_word_embeddings or None,
         **cfg.task_fields(),
-        warmup_ratio=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        max_length=cfg.max_length,
-        precision=cfg.precision,
         stage=stage,
         head=head,
-        micro_batch_size=cfg.micro_batch_size,
-        eval_batch_size=cfg.eval_batch_size,
     )
 
 

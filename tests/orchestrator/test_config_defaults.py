@@ -130,3 +130,17 @@ def test_draw_averages_can_be_scored_on_test_splits_only():
 def test_bad_draw_target_splits_are_refused(draws, message):
     with pytest.raises(SpecError, match=message):
         load_config(None, {"task": "ner", "base_model": "tiny", **draws})
+
+
+def test_the_config_declares_every_training_setting_the_planner_copies_into_specs():
+    import dataclasses
+
+    from jobs.spec import TRAINING_SETTINGS, TrainSpec
+    from orchestrator.config import ExperimentConfig
+
+    config_fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    spec_fields = {f.name for f in dataclasses.fields(TrainSpec)}
+    assert set(TRAINING_SETTINGS) <= config_fields & spec_fields
+    cfg = load_config(None, {"task": "ner", "warmup_ratio": 0.2, "max_grad_norm": 0.5, "eval_batch_size": 8})
+    spec = plan.head_spec(cfg, "file:///x/exp")
+    assert {name: getattr(spec, name) for name in TRAINING_SETTINGS} == {name: getattr(cfg, name) for name in TRAINING_SETTINGS}
