@@ -48,7 +48,7 @@ def test_gc_keeps_what_pending_stages_need_and_deletes_the_rest(tmp_path):
         store.put_bytes(layout.results_key(ref), b"results")
     draw = plan.make_draws(exp.config, plan.finished_runs(exp.config, store, exp.uri, None))[0]
     spec = AverageSpec(experiment_uri=exp.uri, task="nli", methods=("r-last", "soup-2"), run_keys=draw.run_keys, draw_seed=draw.seed)
-    from jobs.average import draw_inputs
+    from jobs.api import draw_inputs
 
     needed = draw_inputs(store, spec)
     before = set(store.list_keys())
