@@ -38,6 +38,8 @@ def profile_section(report: dict) -> str:
 
 
 def write(report: dict, out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"bench_evaluate: --out {out} is a file; give the folder to write results.json and RESULTS.md into")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     s = report["settings"]

@@ -378,10 +378,11 @@ def main(argv=None) -> int:
             report["snapshots_s3"][precision] = snapshot_cost(args, model, precision, work, epoch_s)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    out = args.out / "results.json" if args.out.is_dir() else args.out  # a folder, as bench_evaluate takes, or the file
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     print(table(report))
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {out}")
     return 0
 
 
