@@ -46,6 +46,7 @@ from jobs.snapshots import AlreadyCommitted, WeightsCache, adopt_committed, read
 from jobs.spec import TrainSpec, spec_to_json, to_dict
 from jobs.store import ObjectStore, open_store
 from jobs.tasks import get_task
+from jobs.tasks.base import pad_batch, to_model, train_batches
 from jobs.train_commits import (
     CommitTimes, CommitWorker, RunCommitter, add_to_sum, commit_head, commit_run_sum, parquet, take_copy,
 )
@@ -331,9 +332,7 @@ def _train_loop(run: _Training, step: int, curve: list[dict], committer: RunComm
             loss_total = None  # this step's loss, summed on the device in float64 (the float sum of .item()s it replaces)
             for start in range(0, len(indices), micro):
                 part = indices[start : start + micro]
-                batch = _host_attention_mask(model, _pad([run.train_features[i] for i in part], run.tokenizer))
-                batch = {k: (v.pin_memory().to(device, non_blocking=True) if cuda else v.to(device)) if v is not None else None
-                         for k, v in batch.items()}
+                batch = to_model(model, _pad([run.train_features[i] for i in part], run.tokenizer), device)
                 with mixed:
                     loss = model(**batch).loss * (len(part) / len(indices))
                 scaler.scale(loss).backward()
@@ -428,21 +427,6 @@ class _Window:
         return mean, rate
 
 
-def _host_attention_mask(model, batch: dict) -> dict:
-    """The batch with the attention mask the model would build from it (transformers'
-    create_bidirectional_mask: a 4D boolean mask, or None where nothing is padded), built from
-    the host copy: from a device mask transformers reads `mask.all()` back in every forward, a
-    host sync; a prepared 4D mask it uses as it is. The same tensors, so the same numbers."""
-    mask = batch.get("attention_mask")
-    config = getattr(model, "config", None)
-    if mask is None or getattr(config, "_attn_implementation", None) != "sdpa" or getattr(config, "is_decoder", False):
-        return batch
-    from transformers.masking_utils import create_bidirectional_mask
-
-    shape = torch.empty((mask.shape[0], mask.shape[1], 1))  # only its batch size, length, dtype and (CPU) device are read
-    return dict(batch, attention_mask=create_bidirectional_mask(config=config, inputs_embeds=shape, attention_mask=mask))
-
-
 def _materialise_losses(curve: list[dict]) -> None:
     """Replace the device-tensor losses of the curve by floats, in one transfer."""
     pending = [i for i, row in enumerate(curve) if isinstance(row["loss"], torch.Tensor)]
@@ -453,14 +437,10 @@ def _materialise_losses(curve: list[dict]) -> None:
 
 
 def _epoch_batches(features, spec: TrainSpec, epoch: int):
-    from jobs.tasks.base import train_batches
-
     return train_batches(features, spec.batch_size, spec.seed, epoch)
 
 
 def _pad(features, tokenizer):
-    from jobs.tasks.base import pad_batch
-
     return pad_batch(features, tokenizer.pad_token_id)
 
 

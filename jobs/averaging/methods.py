@@ -16,16 +16,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional, Sequence
+from typing import Any, ClassVar, Mapping, Optional, Sequence
 
 from jobs import layout
 from jobs.averaging.errors import AverageError
 from jobs.errors import SpecError
-
-if TYPE_CHECKING:  # only for annotations: importing these pulls in torch
-    from jobs.snapshots import WeightsCache
-    from jobs.spec import AverageSpec
-    from jobs.store import ObjectStore
 
 # The three shapes of average job (AverageSpec.mode); each method belongs to one of them.
 RUN_AVERAGES, DRAWS, EXPLICIT = "run-averages", "draws", "explicit"
@@ -87,10 +82,17 @@ def ranked_snapshots(runs: Sequence[RunInfo]) -> list[Snapshot]:
 
 
 class Method:
-    """One averaging method. A subclass sets the class attributes and implements `select`.
+    """One averaging method. A subclass sets the class attributes and says how it chooses members,
+    in one of two ways:
 
-    Draw methods (mode "draws") average, for every k = 1..K of a draw, snapshots of the draw's
-    first k runs: `select(prefix)` gets those runs' infos in draw order."""
+    - `select(prefix) -> Selection`: draw methods (mode "draws") average, for every k = 1..K of a
+      draw, snapshots of the draw's first k runs; `prefix` is those runs' infos in draw order.
+    - `select_all(store, spec, runs, cache) -> {k: Selection}`, with `needs_forward_passes = True`:
+      a method that scores candidate models to pick its members (greedy soup) does every k in one
+      go; it also overrides `possible_inputs`.
+
+    A parametric family (`parameter` set) also has a classmethod `from_parameter(text, method_id,
+    where)` that parses the text after `family-` (TopNSoup: soup-N)."""
 
     family: ClassVar[str]  # the id; for a method with a parameter, the id's stem (soup -> soup-N)
     family_label: ClassVar[str]  # the table label (PROTOCOL.md)
@@ -115,19 +117,6 @@ class Method:
     def nominal_count(self) -> Optional[int]:
         """How many snapshots each average holds by design (soup-N: N); None when the runs decide."""
         return None
-
-    @classmethod
-    def from_parameter(cls, text: str, method_id: str, where: str | None) -> "Method":
-        """A parametric family's method for the text after `family-`; MethodIdError if bad."""
-        raise NotImplementedError
-
-    def select(self, prefix: Sequence[RunInfo]) -> Selection:
-        """The members of the average over these runs (for draws: the first k of the draw)."""
-        raise NotImplementedError(f"{self.id} does not select from runs")
-
-    def select_all(self, store: "ObjectStore", spec: "AverageSpec", runs: Sequence[RunInfo], cache: "WeightsCache") -> dict[int, Selection]:
-        """Methods that need forward passes: the selection of every k = 1..K in one go."""
-        raise NotImplementedError(f"{self.id} selects without forward passes: use select()")
 
     def possible_inputs(self, prefix: Sequence[RunInfo]) -> set[str]:
         """Every input ref an average over these runs may read (gc keeps them)."""

@@ -7,12 +7,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable, TypeVar
 
 from jobs.errors import DiskFull, is_disk_full
 from jobs.store.base import NotFound, ReadCounter, _check_key, _local_error, join_uri, with_retries
 
 log = logging.getLogger("jobs")
+T = TypeVar("T")
 
 
 class LocalStore:
@@ -126,18 +127,23 @@ class LocalStore:
         except OSError as e:
             raise _local_error("write", path, e) from e
 
-    def get_bytes(self, key: str) -> bytes:
+    def _existing(self, key: str, action: str, fn: Callable[[Path], T]) -> T:
+        """`fn(path)` on the key's file, retried: NotFound if there is none, StoreError (or a
+        permanent error) for the other OSErrors."""
         path = self._path(key)
 
-        def read() -> bytes:
+        def attempt() -> T:
             try:
-                return path.read_bytes()
+                return fn(path)
             except FileNotFoundError:
                 raise NotFound(f"{self.uri}/{key} does not exist") from None
             except OSError as e:
-                raise _local_error("read", path, e) from e
+                raise _local_error(action, path, e) from e
 
-        data = with_retries("read", read)
+        return with_retries(action, attempt)
+
+    def get_bytes(self, key: str) -> bytes:
+        data = self._existing(key, "read", Path.read_bytes)
         if self.counter:
             self.counter.add(key, len(data), True)
         return data
@@ -161,17 +167,7 @@ class LocalStore:
         return path if path.is_file() else None
 
     def open_read(self, key: str) -> BinaryIO:
-        path = self._path(key)
-
-        def open_() -> BinaryIO:
-            try:
-                return open(path, "rb")
-            except FileNotFoundError:
-                raise NotFound(f"{self.uri}/{key} does not exist") from None
-            except OSError as e:
-                raise _local_error("read", path, e) from e
-
-        f = with_retries("open", open_)
+        f = self._existing(key, "read", lambda path: open(path, "rb"))
         if self.counter:
             self.counter.add(key, os.fstat(f.fileno()).st_size, True)
         return f
@@ -180,17 +176,7 @@ class LocalStore:
         return self._path(key).is_file()
 
     def size(self, key: str) -> int:
-        path = self._path(key)
-
-        def stat() -> int:
-            try:
-                return path.stat().st_size
-            except FileNotFoundError:
-                raise NotFound(f"{self.uri}/{key} does not exist") from None
-            except OSError as e:
-                raise _local_error("stat", path, e) from e
-
-        return with_retries("stat", stat)
+        return self._existing(key, "stat", lambda path: path.stat().st_size)
 
     def _base(self) -> Path:
         return self.root / self.prefix if self.prefix else self.root

@@ -103,6 +103,33 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def host_attention_mask(model, batch: dict) -> dict:
+    """The batch with the attention mask the model would build from it (transformers'
+    create_bidirectional_mask: a 4D boolean mask, or None where nothing is padded), built from
+    the host copy: from a device mask transformers reads `mask.all()` back in every forward, a
+    host sync; a prepared 4D mask it uses as it is. The same tensors, so the same numbers."""
+    mask = batch.get("attention_mask")
+    config = getattr(model, "config", None)
+    if mask is None or getattr(config, "_attn_implementation", None) != "sdpa" or getattr(config, "is_decoder", False):
+        return batch
+    from transformers.masking_utils import create_bidirectional_mask
+
+    shape = torch.empty((mask.shape[0], mask.shape[1], 1))  # only its batch size, length, dtype and (CPU) device are read
+    return dict(batch, attention_mask=create_bidirectional_mask(config=config, inputs_embeds=shape, attention_mask=mask))
+
+
+def to_model(model, batch: dict, device: torch.device) -> dict:
+    """A padded host batch made ready for `model` on `device` (train and inference alike): the
+    attention mask built on the host, then every tensor moved; on a GPU through pinned memory
+    without waiting, so the host prepares the next batch while the device computes."""
+    batch = host_attention_mask(model, batch)
+    if device.type == "cpu":
+        return batch
+    cuda = device.type == "cuda"
+    return {k: None if v is None else (v.pin_memory().to(device, non_blocking=True) if cuda else v.to(device))
+            for k, v in batch.items()}
+
+
 @torch.inference_mode()
 def predict(model, features: list[dict], batch_size: int, pad_id: int, keys=("logits",), token_level=False,
             max_tokens: int | None = None) -> list:
@@ -114,16 +141,11 @@ def predict(model, features: list[dict], batch_size: int, pad_id: int, keys=("lo
     batch while the device computes this one. Autocast is the caller's (jobs.train.eval_autocast)."""
     model.eval()
     device = model_device(model)
-    cuda = device.type == "cuda"
     if max_tokens is None:
         max_tokens = token_budget(features, batch_size)
     batches = []
     for idx in sorted_batches(features, batch_size, max_tokens):
-        batch = pad_batch([{"input_ids": features[i]["input_ids"]} for i in idx], pad_id)
-        if cuda:
-            batch = {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
-        elif device.type != "cpu":
-            batch = {k: v.to(device) for k, v in batch.items()}
+        batch = to_model(model, pad_batch([{"input_ids": features[i]["input_ids"]} for i in idx], pad_id), device)
         out = model(**batch)
         batches.append((idx, [getattr(out, k).float() for k in keys]))
     outputs: list = [None] * len(features)
