@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from jobs.errors import EXIT_OK, EXIT_PERMANENT, EXIT_TEMPORARY, JobError, MalformedFile, SpecError, disk_full_in_chain
+from jobs.progress import job_name
 from jobs.spec import spec_from_json
 
 log = logging.getLogger("jobs")
@@ -58,10 +59,6 @@ def _run(kind: str, spec) -> None:
         from jobs.average import run_average
 
         run_average(spec)
-
-
-def job_name(kind: str, spec) -> str:
-    return os.environ.get("JOB_NAME") or f"{kind}-{getattr(spec, 'run_key', None) or os.getpid()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +133,7 @@ def _upload_log(kind: str, spec, log_file: Path | None) -> None:
 
         logging.shutdown()
         with retry_budget(min(5.0, retry_seconds())):  # a store that is down has had its retries already
-            open_store(spec.experiment_uri).put_file(layout.log_key(job_name(kind, spec)), log_file)
+            open_store(spec.experiment_uri).put_file(layout.log_key(job_name(kind, getattr(spec, 'run_key', None))), log_file)
     except Exception:  # the log is a convenience; never turn a result into a failure
         pass
     finally:

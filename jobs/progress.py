@@ -62,7 +62,7 @@ def tqdm_bar_shown() -> bool:
 
 
 def job_name(kind: str, ident: object = None) -> str:
-    """The job's name as the entry point names its log (jobs/__main__.py job_name)."""
+    """The job's name: $JOB_NAME (set by both backends), else kind-ident (kind-pid): its log and progress keys."""
     return os.environ.get("JOB_NAME") or f"{kind}-{ident or os.getpid()}"
 
 

@@ -147,3 +147,22 @@ def max_abs_diff(a: dict, b: dict) -> float:
         else:
             assert torch.equal(a[name], b[name]), name
     return worst
+
+
+def tiny_model_runs(tmp_path: Path, dev_scores: list[list[float]]):
+    """Runs of the tiny NLI model in a local store under tmp_path, one per list of English dev
+    scores (a snapshot per score), perturbed from one initialisation: (store, run keys, states by ref)."""
+    from jobs.common import build_model
+    from jobs.store import LocalStore
+    from jobs.tasks import get_task
+
+    store = LocalStore(tmp_path / "store")
+    base = {k: v.detach().clone() for k, v in build_model(get_task("nli"), "tiny").state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    keys, states = [], {}
+    for lr, scores in zip((1e-5, 2e-5, 3e-5, 4e-5), dev_scores):
+        snaps = [{k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone() for k, v in base.items()} for _ in scores]
+        key, manifests = commit_run(store, tmp_path / "src", run_spec(store.uri, lr, 16, 1), snaps, scores, head_sha=None)
+        keys.append(key)
+        states.update({m["ref"]: s for m, s in zip(manifests, snaps)})
+    return store, keys, states

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from jobs import layout
 from jobs.average import run_average
@@ -11,10 +10,9 @@ from jobs.models import load_tokenizer
 from jobs.results import from_parquet_bytes
 from jobs.snapshots import is_committed
 from jobs.spec import AverageSpec, DatasetRef, Evaluation, short_hash
-from jobs.store import LocalStore
 from jobs.tasks import get_task
 
-from average_support import commit_run, naive_mean, run_spec
+from average_support import naive_mean, tiny_model_runs
 
 DEV = DatasetRef("synthetic-nli", "en", "validation", limit=48)
 TARGET = DatasetRef("synthetic-nli", "xx-near", "test", limit=32)
@@ -24,16 +22,7 @@ EVALUATION = Evaluation(base_model="tiny", source_dev=DEV, targets=(TARGET,), ma
 @pytest.fixture
 def tiny_runs(tmp_path):
     """Two runs of two snapshots of the tiny model, perturbed from one initialisation."""
-    store = LocalStore(tmp_path / "store")
-    base = {k: v.detach().clone() for k, v in build_model(get_task("nli"), "tiny").state_dict().items()}
-    g = torch.Generator().manual_seed(0)
-    keys, states = [], {}
-    for lr in (1e-5, 2e-5):
-        snaps = [{k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone() for k, v in base.items()} for _ in range(2)]
-        key, manifests = commit_run(store, tmp_path / "src", run_spec(store.uri, lr, 16, 1), snaps, [0.4, 0.5], head_sha=None)
-        keys.append(key)
-        states.update({m["ref"]: s for m, s in zip(manifests, snaps)})
-    return store, keys, states
+    return tiny_model_runs(tmp_path, [[0.4, 0.5], [0.4, 0.5]])
 
 
 def _expected_scores(state: dict) -> dict[tuple[str, str], float]:

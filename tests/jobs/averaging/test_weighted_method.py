@@ -4,24 +4,20 @@ job and the tables, on the tiny model in a local file store."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from jobs import layout
 from jobs.average import run_average
 from jobs.averaging.methods import METHOD_TYPES, MethodIdError, get_method, register_method, unregister_method
-from jobs.common import build_model
 from jobs.evaluate import run_evaluate
 from jobs.results import from_parquet_bytes
 from jobs.snapshots import read_manifest
 from jobs.spec import AverageSpec, DatasetRef, EvaluateSpec, spec_from_dict
-from jobs.store import LocalStore
-from jobs.tasks import get_task
 
 from orchestrator.analysis.collect import collect_draws, collect_results
 from orchestrator.analysis.tables import cumulative_table, default_methods, label
 from orchestrator.analysis.variants import build_inputs
 
-from tests.jobs.average_support import commit_run, load, max_abs_diff, run_spec
+from tests.jobs.average_support import load, max_abs_diff, tiny_model_runs
 from tests.jobs.averaging.wdev import WeightedByDev
 
 DEV = DatasetRef("synthetic-nli", "en", "validation", limit=48)
@@ -39,15 +35,7 @@ def wdev():
 @pytest.fixture
 def two_runs(tmp_path):
     """Two runs of two snapshots of the tiny model, perturbed from one initialisation."""
-    store = LocalStore(tmp_path / "store")
-    base = {k: v.detach().clone() for k, v in build_model(get_task("nli"), "tiny").state_dict().items()}
-    g = torch.Generator().manual_seed(0)
-    keys, states = [], {}
-    for lr, scores in zip((1e-5, 2e-5), DEV_SCORES):
-        snaps = [{k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone() for k, v in base.items()} for _ in scores]
-        key, manifests = commit_run(store, tmp_path / "src", run_spec(store.uri, lr, 16, 1), snaps, scores, head_sha=None)
-        keys.append(key)
-        states.update({m["ref"]: s for m, s in zip(manifests, snaps)})
+    store, keys, states = tiny_model_runs(tmp_path, DEV_SCORES)
     return store, tuple(keys), states
 
 
