@@ -97,6 +97,37 @@ def weights_key(ref: str) -> str:
     return f"{ref.strip('/')}/{WEIGHTS}"
 
 
+# A model's files live under their plain names (`model.safetensors`, `trainer.pt`). A writer that
+# finds a plain name taken by other bytes of a writer that has not committed yet (a duplicate job
+# still running, or one killed between its uploads and its manifest) stores its own file under a
+# name carrying its sha256 instead (`model.<sha16>.safetensors`), and its manifest says so
+# (`file`, `extra_files.<name>.file`): no writer ever overwrites another's file, so whichever
+# manifest wins names bytes that are its own. Readers find a file through `file_key`.
+_ALTERNATE = re.compile(r"^(?P<stem>[^/]+?)\.(?P<sha>[0-9a-f]{16})(?P<suffix>\.[^./]+)$")
+
+
+def alternate_name(name: str, sha256: str) -> str:
+    """`model.safetensors` + sha -> `model.<sha16>.safetensors` (the name keeps its suffix)."""
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}.{sha256[:16]}.{suffix}" if dot and stem else f"{name}.{sha256[:16]}"
+
+
+def plain_name(stored: str) -> str:
+    """The plain name of a stored file name: `trainer.<sha16>.pt` -> `trainer.pt`."""
+    m = _ALTERNATE.match(stored)
+    return f"{m['stem']}{m['suffix']}" if m else stored
+
+
+def file_key(ref: str, manifest: dict, name: str = WEIGHTS) -> str:
+    """The key of a committed model's file `name` (WEIGHTS or an extra file's name), wherever
+    its writer stored it. Manifests written before alternate names name no `file`: plain name."""
+    if name == WEIGHTS:
+        stored = manifest.get("file") or WEIGHTS
+    else:
+        stored = (manifest.get("extra_files", {}).get(name) or {}).get("file") or name
+    return f"{ref.strip('/')}/{stored}"
+
+
 def results_key(ref: str) -> str:
     """One results parquet per evaluated model, mirroring its ref."""
     return f"results/{ref.strip('/')}.parquet"
@@ -135,9 +166,10 @@ def manifest_ref(key: str) -> Optional[str]:
 
 
 def weights_ref(key: str) -> Optional[str]:
-    """The ref whose weights file `key` is (`<ref>/model.safetensors`), or None for any other key."""
+    """The ref whose weights file `key` is (`<ref>/model.safetensors`, or its alternate name),
+    or None for any other key."""
     ref, _, name = key.strip("/").rpartition("/")
-    return ref if name == WEIGHTS and ref else None
+    return ref if plain_name(name) == WEIGHTS and ref else None
 
 
 def completed_run(key: str) -> Optional[str]:

@@ -3,15 +3,13 @@
 `commit_model` uploads weights, then the manifest with the file's sha256 and size, so a reader
 that finds the manifest finds a complete file. Both are created only where nothing exists yet
 (`store.create_file` / `create_bytes`: S3 If-None-Match, a hard link on a local folder), so
-there is one writer per model and a committed model's file is never overwritten: committing the
-same bytes again returns the committed manifest (a retry, or a duplicate job that computed the
-same thing); committing other bytes raises AlreadyCommitted. An uncommitted weights file (a
-killed writer's) is rewritten by the retry. One race remains: two writers of *different* bytes
-that are both past their first upload attempt before either has a manifest; the second rewrites
-the first's uncommitted file, and if the first then wins the manifest, its file holds the
-second's bytes. Every reader checks sha256 against the manifest, the loser is told
-(AlreadyCommitted) and `orchestrator status --verify` reports it, so such a model is never used
-silently. `WeightsCache` materialises committed weights as local files and verifies them
+no stored file is ever overwritten: committing the same bytes again returns the committed
+manifest (a retry, or a duplicate job that computed the same thing); committing other bytes
+raises AlreadyCommitted. A writer that finds a plain file name taken by other, uncommitted bytes
+(a duplicate job still writing, or one killed before its manifest) stores its own file under an
+alternate name carrying its sha256 (`layout.alternate_name`) and its manifest names it, so
+whichever manifest wins names the winner's own bytes; the loser deletes the files it stored.
+Readers find files through `layout.file_key`. `WeightsCache` materialises committed weights as local files and verifies them
 against their manifest.
 
 Verification costs a sha256 pass over every byte (about 0.5-1.4 GB/s per core here, slower
@@ -33,7 +31,7 @@ import re
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from jobs import layout
 from jobs.errors import JobError, MalformedFile, PermanentError, TemporaryError
@@ -111,7 +109,8 @@ def commit_model(
     (a subset of `extra_files`) are marked `"ephemeral": true` in the manifest: files a later
     commit may delete (the trainer state of all but the newest snapshot), which status does not
     require. If `ref` is already committed: the same weights (sha256 and size) return the
-    committed manifest; other weights raise AlreadyCommitted."""
+    committed manifest; other weights raise AlreadyCommitted (and this writer's own files,
+    which the winner's manifest does not name, are deleted)."""
     ephemeral = set(ephemeral)
     if not ephemeral <= set(extra_files):
         raise ValueError(f"ephemeral files {sorted(ephemeral - set(extra_files))} are not among the extra files")
@@ -121,23 +120,25 @@ def commit_model(
     if existing is not None:
         return _same_or_raise(ref, existing, sha, size)
     failpoint("commit.before-weights")
-    create_file = getattr(store, "create_file", None)
-    if create_file is None:  # a store without conditional writes (test doubles)
-        store.put_file(layout.weights_key(ref), weights_path, move=move)
-    elif not create_file(layout.weights_key(ref), weights_path, move=move):
-        # something is there already: a committed model (then nothing is overwritten), or the
-        # uncommitted file of a killed (or still running) writer, which is rewritten
+    placed: list[str] = []  # names this writer stored: its own bytes, whoever else is writing
+    weights_name = _place(store, ref, layout.WEIGHTS, weights_path, sha, size, move, placed)
+    if weights_name is None:  # the plain name holds other bytes: committed, or not (yet)
         existing = committed_manifest(store, ref)
         if existing is not None:
             return _same_or_raise(ref, existing, sha, size)
-        store.put_file(layout.weights_key(ref), weights_path, move=move)
+        weights_name = _place_alternate(store, ref, layout.WEIGHTS, weights_path, sha, size, move, placed)
     extra = {}
     for name, path in extra_files.items():
-        store.put_file(f"{ref}/{name}", path)
-        extra[name] = {"sha256": sha256_file(path), "size": os.path.getsize(path)}
+        extra_sha, extra_size = sha256_file(path), os.path.getsize(path)
+        stored = _place(store, ref, name, path, extra_sha, extra_size, False, placed)
+        if stored is None:
+            stored = _place_alternate(store, ref, name, path, extra_sha, extra_size, False, placed)
+        extra[name] = {"sha256": extra_sha, "size": extra_size}
+        if stored != name:
+            extra[name]["file"] = stored
         if name in ephemeral:
             extra[name][EPHEMERAL] = True
-    full = dict(manifest, ref=ref, file=layout.WEIGHTS, sha256=sha, size=size, extra_files=extra)
+    full = dict(manifest, ref=ref, file=weights_name, sha256=sha, size=size, extra_files=extra)
     data = json.dumps(full, indent=1, sort_keys=True).encode()
     failpoint("commit.before-manifest")
     create = getattr(store, "create_bytes", None)
@@ -148,9 +149,63 @@ def commit_model(
         if created:
             store.put_bytes(layout.manifest_key(ref), data)
     if not created:
-        return _same_or_raise(ref, read_manifest(store, ref), sha, size)
+        winner = read_manifest(store, ref)
+        try:
+            return _same_or_raise(ref, winner, sha, size)
+        except AlreadyCommitted:
+            _delete_unnamed(store, ref, winner, placed)
+            raise
     failpoint("commit.after-manifest")
     return full
+
+
+def _holds(store: ObjectStore, key: str, sha: str, size: int) -> bool:
+    """Whether the object at `key` has these bytes (size first: most mismatches cost no read)."""
+    try:
+        return store.size(key) == size and sha256_key(store, key) == sha
+    except NotFound:
+        return False
+
+
+def _place(store: ObjectStore, ref: str, name: str, path, sha: str, size: int, move: bool, placed: list[str]) -> str | None:
+    """Store one file of a model under its plain name, never over another writer's file.
+
+    Returns `name` if the file is there now with these bytes (this call wrote it, or an earlier
+    attempt or a duplicate writer stored the same bytes), None if the name holds other bytes.
+    Objects only ever appear whole (a hard link of a finished file; S3 If-None-Match on the
+    completed upload), so what is found is a complete file of some writer."""
+    key = f"{ref}/{name}"
+    create_file = getattr(store, "create_file", None)
+    if create_file is None:  # a store without conditional writes (test doubles): best effort
+        store.put_file(key, path, move=move)
+    elif not create_file(key, path, move=move):
+        return name if _holds(store, key, sha, size) else None
+    placed.append(name)
+    return name
+
+
+def _place_alternate(store: ObjectStore, ref: str, name: str, path, sha: str, size: int, move: bool, placed: list[str]) -> str:
+    """Store a file under its sha-carrying name: its plain name holds another writer's bytes
+    (a duplicate job still running, or one killed before its manifest)."""
+    alternate = layout.alternate_name(name, sha)
+    log.warning("model %s: %s holds another writer's uncommitted bytes; this writer stores its own as %s", ref, name, alternate)
+    key = f"{ref}/{alternate}"
+    if store.create_file(key, path, move=move):
+        placed.append(alternate)
+    elif not _holds(store, key, sha, size):  # 64 bits of sha256 alike, other bytes: never expected
+        raise SnapshotError(f"model {ref}: {alternate} exists with other bytes than its name says; delete it and retry")
+    return alternate
+
+
+def _delete_unnamed(store: ObjectStore, ref: str, winner: dict, placed: list[str]) -> None:
+    """After losing the manifest race: delete what this writer stored that the winner does not use."""
+    used = {layout.file_key(ref, winner)} | {layout.file_key(ref, winner, n) for n in winner.get("extra_files", {})}
+    for name in placed:
+        if f"{ref}/{name}" not in used:
+            try:
+                store.delete(f"{ref}/{name}")
+            except StoreError as e:  # left behind: an orphan costs space, not correctness
+                log.warning("model %s: could not delete this writer's %s: %s", ref, name, e)
 
 
 def _same_or_raise(ref: str, existing: dict, sha: str, size: int) -> dict:
@@ -276,7 +331,7 @@ def check_committed(store: ObjectStore, ref: str, manifest: dict, verify: bool =
     request per file."""
     problems = []
     for name, (sha, size) in kept_files(manifest).items():
-        key = f"{ref}/{name}"
+        key = layout.file_key(ref, manifest, name)
         if sizes is not None:
             actual = sizes.get(key)
         else:
@@ -379,6 +434,37 @@ class Verification:
         for f in self._futures:
             f.result()
 
+    def cancel(self) -> None:
+        """The caller gives up (an error elsewhere): stop what can be stopped."""
+        for f in self._futures:
+            f.cancel()
+
+
+class _DownloadVerification(Verification):
+    """A pipelined download: `wait()` waits for its last byte, checks every sha256 against the
+    manifests and only then registers the files as materialised and verified."""
+
+    def __init__(self, cache: "WeightsCache", download, items: list[tuple[str, dict]]):
+        super().__init__([])
+        self._cache, self._download, self._items = cache, download, items
+        self._done = False
+
+    def wait(self) -> None:
+        if self._done:
+            return
+        shas = self._download.finish()
+        for (ref, manifest), target, sha in zip(self._items, self._download.targets, shas):
+            if sha != manifest["sha256"]:
+                raise SnapshotError(f"model {ref}: {layout.WEIGHTS} sha256 differs from its manifest (corrupted file)")
+            self._cache.verified.remember(target.path, sha)
+            self._cache._materialised[(ref, layout.WEIGHTS)] = target.path
+            self._cache._verified[(ref, layout.WEIGHTS)] = target.path
+        self._done = True
+
+    def cancel(self) -> None:
+        if not self._done:
+            self._download.close()
+
 
 class WeightsCache:
     """Materialises committed weights as local files (verified against their manifest).
@@ -403,8 +489,8 @@ class WeightsCache:
         self.cache_dir = Path(cache_dir)
         self.workers = workers
         self.verified = verified or VerifiedFiles()
-        self._verified: dict[str, Path] = {}
-        self._materialised: dict[str, Path] = {}
+        self._verified: dict[tuple[str, str], Path] = {}  # (ref, name) -> local file
+        self._materialised: dict[tuple[str, str], Path] = {}
 
     @staticmethod
     def _expected(manifest: dict, name: str) -> tuple[str, int]:
@@ -417,9 +503,9 @@ class WeightsCache:
 
     def materialise(self, ref: str, manifest: dict, name: str = layout.WEIGHTS) -> Path:
         """A local file with the object's bytes, size-checked but not hashed."""
-        key = f"{ref}/{name}"
-        if key in self._materialised:
-            return self._materialised[key]
+        key = layout.file_key(ref, manifest, name)
+        if (ref, name) in self._materialised:
+            return self._materialised[(ref, name)]
         _, expected_size = self._expected(manifest, name)
         local = getattr(self.store, "local_path", lambda k: None)(key)
         if local is None:
@@ -439,26 +525,60 @@ class WeightsCache:
         size = local.stat().st_size
         if size != expected_size:
             raise SnapshotError(f"model {ref}: {name} has {size} bytes, manifest says {expected_size} (truncated?)")
-        self._materialised[key] = local
+        self._materialised[(ref, name)] = local
         return local
 
     def verify(self, ref: str, manifest: dict, local: Path, name: str = layout.WEIGHTS) -> Path:
-        key = f"{ref}/{name}"
-        if key in self._verified:
+        if (ref, name) in self._verified:
             return local
         expected_sha, _ = self._expected(manifest, name)
         if self.verified.sha256(local) != expected_sha:
             raise SnapshotError(f"model {ref}: {name} sha256 differs from its manifest (corrupted file)")
-        self._verified[key] = local
+        self._verified[(ref, name)] = local
         return local
 
     def path(self, ref: str, manifest: dict | None = None, name: str = layout.WEIGHTS) -> Path:
         """The verified local file of one committed model."""
-        key = f"{ref}/{name}"
-        if key in self._verified:
-            return self._verified[key]
+        if (ref, name) in self._verified:
+            return self._verified[(ref, name)]
         manifest = manifest or read_manifest(self.store, ref)
         return self.verify(ref, manifest, self.materialise(ref, manifest, name), name)
+
+    def stream(self, items: Iterable[tuple[str, dict]]) -> tuple[dict[str, Path], dict[str, Callable[[int], int]] | None, Verification]:
+        """The weights of many models as local files a reader can use while they download.
+
+        From a remote store the files come in part by part (jobs.store.pipelined): returns their
+        local paths, a `ready(end)` per ref that blocks until a file's first `end` bytes are
+        there (for `MappedFile`), and a Verification whose `wait()` returns once every file has
+        landed and matches its manifest's sha256 (call it before trusting anything computed;
+        `cancel()` on an error). On a local store: `fetch(background=True)` and no waiting."""
+        manifests = dict(items)
+        refs = list(manifests)
+        local_path = getattr(self.store, "local_path", None)
+        remote = bool(refs) and (local_path is None or local_path(layout.file_key(refs[0], manifests[refs[0]])) is None)
+        todo = [r for r in refs if (r, layout.WEIGHTS) not in self._verified]
+        if not remote or not todo or not hasattr(self.store, "open_range"):
+            paths, verification = self.fetch(manifests.items(), background=True)
+            return paths, None, verification
+        from jobs.store.pipelined import PipelinedDownload, Target
+
+        targets = []
+        for r in todo:  # one HEAD each: a missing or truncated object is said so before any download
+            key, expected = layout.file_key(r, manifests[r]), manifests[r]["size"]
+            try:
+                actual = self.store.size(key)
+            except NotFound:
+                raise SnapshotError(f"model {r}: manifest exists but {layout.WEIGHTS} is missing") from None
+            if actual != expected:
+                raise SnapshotError(f"model {r}: {layout.WEIGHTS} has {actual} bytes, manifest says {expected} (truncated?)")
+            targets.append(Target(key, self.cache_dir / key, expected))
+        download = PipelinedDownload(self.store, targets).start()
+        paths = {r: self._verified[(r, layout.WEIGHTS)] for r in refs if r not in todo}
+        ready: dict[str, Callable[[int], int]] = {}
+        for i, r in enumerate(todo):
+            paths[r] = download.part_path(i)
+            ready[r] = lambda end, i=i: download.wait(i, end)
+        return {r: paths[r] for r in refs}, ready, _DownloadVerification(self, download, [(r, manifests[r]) for r in todo])
 
     def fetch(self, items: Iterable[tuple[str, dict]], background: bool = False) -> tuple[dict[str, Path], Verification]:
         """Materialise many models concurrently; hash them concurrently too.
@@ -472,7 +592,7 @@ class WeightsCache:
         if not refs:
             return {}, Verification([])
         local_path = getattr(self.store, "local_path", None)
-        downloads = local_path is None or local_path(layout.weights_key(refs[0])) is None
+        downloads = local_path is None or local_path(layout.file_key(refs[0], manifests[refs[0]])) is None
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(refs))), thread_name_prefix="weights")
         try:
             if downloads:  # fetch and hash in the same worker: the bytes are still cached

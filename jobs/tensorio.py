@@ -89,17 +89,29 @@ class MappedFile:
 
     The map is private (copy-on-write), so views are writable torch tensors without a warning,
     and nothing ever writes through them: the pages stay shared page cache, not process memory.
+
+    `ready(end)`, if given, blocks until bytes [0, end) of a file still being downloaded have
+    landed and returns how many have (jobs.store.pipelined): every read waits for its bytes.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, ready: Callable[[int], int] | None = None):
         self.path = str(path)
+        self._ready = ready
+        self._ready_to = 0 if ready is not None else float("inf")
         with open(self.path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size < 8:
                 raise HeaderError(f"{self.path}: {size} bytes is too short for a safetensors file")
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         self.size = size
-        self.infos, self.metadata, self._data = parse_header(self._map[: 8 + min(MAX_HEADER, struct.unpack("<Q", self._map[:8])[0])], size, self.path)
+        self._need(8)
+        header_end = 8 + min(MAX_HEADER, struct.unpack("<Q", self._map[:8])[0])
+        self._need(min(size, header_end))
+        self.infos, self.metadata, self._data = parse_header(self._map[:header_end], size, self.path)
+
+    def _need(self, end: int) -> None:
+        if end > self._ready_to:
+            self._ready_to = max(end, self._ready(end))
 
     def flat(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Elements [start, stop) of tensor `name`, flattened: a view of the mapped file."""
@@ -110,6 +122,7 @@ class MappedFile:
         if count <= 0:
             return torch.empty(0, dtype=dtype)
         offset = self._data + info.begin + start * ITEM_SIZE[info.dtype]
+        self._need(offset + count * ITEM_SIZE[info.dtype])
         return torch.frombuffer(self._map, dtype=dtype, count=count, offset=offset)
 
     def tensor(self, name: str) -> torch.Tensor:
@@ -133,6 +146,9 @@ class MappedFile:
         if not hasattr(self._map, "madvise"):
             return
         for begin, end in ranges:
+            end = min(end, self._ready_to)  # bytes still downloading are not there to read ahead
+            if end <= begin:
+                continue
             aligned = begin - begin % mmap.PAGESIZE
             try:
                 self._map.madvise(mmap.MADV_WILLNEED, aligned, min(end, self.size) - aligned)

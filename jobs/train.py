@@ -233,7 +233,7 @@ def _run_train(spec: TrainSpec, scratch: Path, background_commit: bool, stats: T
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step = last["step"]
-        curve_source = f"{ref}/{layout.CURVE_PART}" if layout.CURVE_PART in last.get("extra_files", {}) else layout.curve_key(run_key)
+        curve_source = layout.file_key(ref, last, layout.CURVE_PART) if layout.CURVE_PART in last.get("extra_files", {}) else layout.curve_key(run_key)
         if store.exists(curve_source):  # the snapshot's own part: what was committed with it
             import pandas as pd
 

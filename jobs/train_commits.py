@@ -241,7 +241,7 @@ def commit_snapshot(store, spec: TrainSpec, run_key: str, snap: SnapshotCopy, he
     )
     # only the newest trainer state is needed to resume: drop the older ones
     for old in done:
-        store.delete(f"{old['ref']}/{layout.TRAINER_STATE}")
+        store.delete(layout.file_key(old["ref"], old, layout.TRAINER_STATE))
     done.append(manifest)
 
 

@@ -286,7 +286,7 @@ def main() -> None:
     if args.s3_only:
         files = [str(cache / "store" / "exp" / r / "model.safetensors") for r in refs]
         old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-        old.update(bench_s3(cache, refs, files, env))
+        old.update(bench_s3(cache, refs, files, env, args.rounds))
         Path(args.out).write_text(json.dumps(old, indent=1))
         print(json.dumps(old, indent=1))
         return
@@ -350,24 +350,69 @@ def main() -> None:
         shutil.rmtree(out_dir, ignore_errors=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     if not args.skip_s3:
-        results.update(bench_s3(cache, refs, files, env))
+        results.update(bench_s3(cache, refs, files, env, args.rounds))
     results["loadavg_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
 
 
-def bench_s3(cache: Path, refs: list[str], files: list[str], env: dict) -> dict:
+# the S3 contenders, each in its own process: download only (ours, the old s3transfer path,
+# rclone), and our whole average job
+S3_BODIES = {
+    "ours-download": """
+import tempfile, shutil
+from pathlib import Path
+from jobs.store import open_store
+from jobs.store.pipelined import PipelinedDownload, Target
+store = open_store('s3://bench/exp')
+refs, d = sys.argv[1].split(','), tempfile.mkdtemp(dir=sys.argv[2])
+base = anon(); threading.Thread(target=_sampler, daemon=True).start()
+t = time.perf_counter()
+targets = [Target(r + '/model.safetensors', Path(d) / r.replace('/', '_'), store.size(r + '/model.safetensors')) for r in refs]
+PipelinedDownload(store, targets).start().finish()  # every byte landed and hashed
+dt = time.perf_counter() - t
+shutil.rmtree(d)
+print('REPORT ' + json.dumps({'inner_s': dt, 'base_anon': base, 'inner_peak_anon': max(PEAK[0], anon())}))
+""",
+    "s3transfer-download": """
+import tempfile, shutil
+from concurrent.futures import ThreadPoolExecutor
+from jobs.store import open_store
+store = open_store('s3://bench/exp')
+refs, d = sys.argv[1].split(','), tempfile.mkdtemp(dir=sys.argv[2])
+base = anon(); threading.Thread(target=_sampler, daemon=True).start()
+t = time.perf_counter()
+# the job's path before pipelining: boto3 download_file (8 threads per file), 4 files at a time
+list(ThreadPoolExecutor(4).map(lambda r: store.get_file(r + '/model.safetensors', d + '/' + r.replace('/', '_')), refs))
+dt = time.perf_counter() - t
+shutil.rmtree(d)
+print('REPORT ' + json.dumps({'inner_s': dt, 'base_anon': base, 'inner_peak_anon': max(PEAK[0], anon())}))
+""",
+}
+RCLONE_FLAGS = ["--transfers", "10", "--multi-thread-streams", "4", "--multi-thread-cutoff", "64M"]
+
+
+def rclone_env(s3env: dict) -> dict:
+    """An rclone remote `bench:` on the same server, from environment variables only."""
+    return {"RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "SeaweedFS",
+            "RCLONE_CONFIG_BENCH_ENDPOINT": s3env["AWS_ENDPOINT_URL"], "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": s3env["AWS_ACCESS_KEY_ID"],
+            "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": s3env["AWS_SECRET_ACCESS_KEY"], "RCLONE_CONFIG_BENCH_REGION": "us-east-1"}
+
+
+def bench_s3(cache: Path, refs: list[str], files: list[str], env: dict, rounds: int = 3) -> dict:
+    """Our download alone, the old download, rclone, and our whole job from S3, interleaved by round."""
     data = cache / "seaweedfs"
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
     proc, s3env = start_weed(data)
     out: dict = {}
+    scratch = cache / "s3-scratch"
+    scratch.mkdir(exist_ok=True)
+    rclone = shutil.which("rclone")
     try:
         env = dict(env, **s3env)
         upload = textwrap.dedent(
             f"""
-            import json
-            from concurrent.futures import ThreadPoolExecutor
             from jobs.store import open_store
             store = open_store('s3://bench/exp')
             src = {str(cache / 'store' / 'exp')!r}
@@ -387,27 +432,42 @@ def bench_s3(cache: Path, refs: list[str], files: list[str], env: dict) -> dict:
         t = time.perf_counter()
         subprocess.run([PY, "-c", upload], env=env, check=True)
         out["s3-upload-inputs_s"] = time.perf_counter() - t
-        # the S3 analogue of cat: download the 10 objects concurrently, nothing else
-        dl = textwrap.dedent(
-            f"""
-            import tempfile
-            from concurrent.futures import ThreadPoolExecutor
-            from jobs.store import open_store
-            store = open_store('s3://bench/exp')
-            d = tempfile.mkdtemp(dir={str(cache)!r})
-            list(ThreadPoolExecutor(4).map(lambda r: store.get_file(r + '/model.safetensors', d + '/' + r.replace('/', '_')), {refs!r}))
-            import shutil; shutil.rmtree(d)
-            """
-        )
-        out["s3-download-only"] = measure([PY, "-c", dl], env)
-        print("s3-download-only", out["s3-download-only"], flush=True)
-        shutil.rmtree(cache / "verified", ignore_errors=True)
-        out["s3-ours-job"] = measure(body("ours-job") + ["s3://bench/exp", ",".join(refs), "bench/avg"], dict(env, TMPDIR=str(cache)))
-        print("s3-ours-job", out["s3-ours-job"], flush=True)
+        total = sum(os.path.getsize(f) for f in files)
+        include = [a for r in refs for a in ("--include", f"/{r}/model.safetensors")]
+        by_round = []
+        for r in range(rounds):
+            row = {}
+            row["ours-download"] = measure([PY, "-c", PRELUDE + S3_BODIES["ours-download"], ",".join(refs), str(scratch)], env)
+            row["s3transfer-download"] = measure([PY, "-c", PRELUDE + S3_BODIES["s3transfer-download"], ",".join(refs), str(scratch)], env)
+            if rclone:
+                target = scratch / "rclone"
+                row["rclone-download"] = measure([rclone, "copy", "bench:bench/exp", str(target), *include, *RCLONE_FLAGS],
+                                                 dict(env, **rclone_env(s3env)), discard=True)
+                shutil.rmtree(target, ignore_errors=True)
+            shutil.rmtree(cache / "verified", ignore_errors=True)  # hashed as downloaded: no record helps
+            row["ours-job"] = measure(body("ours-job") + ["s3://bench/exp", ",".join(refs), f"bench/avg-{r}"], dict(env, TMPDIR=str(scratch)))
+            by_round.append(row)
+            print(f"s3 round {r}: " + ", ".join(f"{k} {seconds(v):.1f} s ({total / seconds(v) / 1e6:.0f} MB/s)" for k, v in row.items()), flush=True)
+        out["s3-rounds"] = by_round
+
+        def ratios(a: str, b: str) -> list[float]:
+            return sorted(seconds(row[a]) / seconds(row[b]) for row in by_round if a in row and b in row)
+
+        out["s3-summary"] = {
+            "bytes": total,
+            "median_s": {k: sorted(seconds(row[k]) for row in by_round)[len(by_round) // 2] for k in by_round[0]},
+            "job_over_our_download": ratios("ours-job", "ours-download"),
+            "job_over_rclone": ratios("ours-job", "rclone-download"),
+            "our_download_throughput_over_rclone": sorted(1 / x for x in ratios("ours-download", "rclone-download")),
+            "old_download_over_our_download": ratios("s3transfer-download", "ours-download"),
+            "rclone_flags": RCLONE_FLAGS if rclone else "rclone not installed: skipped",
+        }
+        print(json.dumps(out["s3-summary"], indent=1), flush=True)
     finally:
         proc.terminate()
         proc.wait(20)
         shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return out
 
 

@@ -135,8 +135,24 @@ def run_project(spec, background: bool = True) -> dict:
         "samples_per_s": stats.examples_before_snapshot / stats.first_snapshot_at,
         "job_s": stats.total_seconds,
         "steps": stats.steps,
+        "padded_tokens": _job_padded_tokens(spec),
         "stats": stats,
     }
+
+
+def _job_padded_tokens(spec) -> int:
+    """The tokens the job's batches of epoch 0 hold once padded to their longest (as `_pad` does)."""
+    from transformers import AutoTokenizer
+
+    from jobs.data.cache import encode_cached
+    from jobs.models import resolve_base_model
+    from jobs.tasks import get_task
+    from jobs.tasks.base import train_batches
+
+    task = get_task("ner", **spec.task_options())
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(spec.base_model))
+    features = encode_cached(task, tokenizer, task.load(spec.train_data), spec.max_length)
+    return sum(len(b) * max(len(features[i]["input_ids"]) for i in b) for b in train_batches(features, spec.batch_size, spec.seed, 0))
 
 
 def run_trainer(spec, out_dir: Path, device: str) -> dict:
@@ -176,14 +192,33 @@ def run_trainer(spec, out_dir: Path, device: str) -> dict:
         save_strategy="epoch", eval_strategy="epoch", logging_strategy="no", report_to="none", disable_tqdm=True,
         dataloader_num_workers=0, use_cpu=device == "cpu", fp16=spec.precision == "fp16", bf16=spec.precision == "bf16",
     )
-    trainer = Trainer(model=model, args=targs, train_dataset=train, eval_dataset=dev, callbacks=[Clock()],
-                      data_collator=DataCollatorForTokenClassification(tokenizer))
+    from jobs.tasks.base import train_batches
+
+    # the job's shuffle of epoch 0: both then train on the same batches, with the same padding,
+    # so the ratio compares the steps and not two random orders (their padded tokens differ by
+    # a few per cent with 16-sentence batches)
+    order = [i for batch in train_batches(train, spec.batch_size, spec.seed, 0) for i in batch]
+    padded = [0]
+
+    class SameBatchesTrainer(Trainer):
+        """Trainer unchanged but for its sampler (the job's order); it counts padded tokens."""
+
+        def _get_train_sampler(self, *args, **kwargs):
+            return order
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            padded[0] += int(inputs["input_ids"].numel())
+            return super().training_step(model, inputs, *args, **kwargs)
+
+    trainer = SameBatchesTrainer(model=model, args=targs, train_dataset=train, eval_dataset=dev, callbacks=[Clock()],
+                                 data_collator=DataCollatorForTokenClassification(tokenizer))
     trainer.remove_callback(PrinterCallback)  # its metrics dicts on stdout: the bench prints its own table
     trainer.train()
     if device == "cuda":
         torch.cuda.synchronize()
     job_s = time.perf_counter() - start
     return {"samples_per_s": len(train) / (clock["last_step"] - clock["begin"]), "job_s": job_s, "steps": clock["steps"],
+            "padded_tokens": padded[0],
             "optim": str(targs.optim.value if hasattr(targs.optim, "value") else targs.optim)}
 
 

@@ -7,6 +7,7 @@ Each mismatch is one AverageError naming the tensor and the two models.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -15,13 +16,14 @@ from jobs.snapshots import SnapshotError
 from jobs.tensorio import HeaderError, MappedFile, TensorInfo
 
 
-def open_inputs(paths: dict[str, Path]) -> dict[str, MappedFile]:
-    """Memory-map every input (ref -> local file); a bad header is a SnapshotError naming the model."""
+def open_inputs(paths: dict[str, Path], ready: dict[str, Callable[[int], int]] | None = None) -> dict[str, MappedFile]:
+    """Memory-map every input (ref -> local file); a bad header is a SnapshotError naming the model.
+    `ready` (ref -> wait for bytes) for files still downloading (WeightsCache.stream)."""
     files = {}
     try:
         for ref, p in paths.items():
             try:
-                files[ref] = MappedFile(p)
+                files[ref] = MappedFile(p, (ready or {}).get(ref))
             except HeaderError as e:
                 raise SnapshotError(f"model {ref}: {e}") from None
     except BaseException:

@@ -76,12 +76,15 @@ def execute(store: ObjectStore, cache: WeightsCache, scratch: Path, work: Averag
     for ref in needed:
         if ref not in manifests:
             manifests[ref] = read_manifest(store, ref)
-    paths, verification = cache.fetch([(r, manifests[r]) for r in needed], background=True)  # hashed while the pass runs
-    files = open_inputs(paths)
-    scratch.mkdir(parents=True, exist_ok=True)
-    out_dir = Path(tempfile.mkdtemp(prefix="out-", dir=scratch))
-    evaluator = delivery.evaluator
+    # from S3 the inputs download part by part while the pass runs behind them (every read
+    # waits for its bytes); they are hashed as they land, and checked before anything is committed
+    paths, ready, verification = cache.stream([(r, manifests[r]) for r in needed])
+    files: dict = {}
     try:
+        files = open_inputs(paths, ready)
+        scratch.mkdir(parents=True, exist_ok=True)
+        out_dir = Path(tempfile.mkdtemp(prefix="out-", dir=scratch))
+        evaluator = delivery.evaluator
         try:
             infos = validate_inputs(files, manifests)
         except AverageError:
@@ -90,6 +93,9 @@ def execute(store: ObjectStore, cache: WeightsCache, scratch: Path, work: Averag
         out_paths = {o.ref: out_dir / f"{i:04d}.safetensors" for i, o in enumerate(outputs)}
         hashes = stream_average(files, infos, outputs, out_paths, work.out_dtype, work.write_refs)
         verification.wait()  # every input verified before anything is committed
+    except BaseException:
+        verification.cancel()
+        raise
     finally:
         for f in files.values():
             f.close()
@@ -100,7 +106,7 @@ def execute(store: ObjectStore, cache: WeightsCache, scratch: Path, work: Averag
         by_ref = {o.ref: o for o in outputs}
         refs = list(hashes) if delivery.commit or evaluator is not None else []
         line = Progress("average", len(refs), "averages", store=store, job=job_name("average"))
-        line.update(0, f"read {format_bytes(sum(Path(p).stat().st_size for p in paths.values()))}", force=True)  # the pass is over
+        line.update(0, f"read {format_bytes(sum(manifests[r]['size'] for r in needed))}", force=True)  # the pass is over
         for done, ref in enumerate(progress(refs, desc="evaluate + commit" if evaluator is not None else "commit", unit="model")):
             manifest = dict(by_ref[ref].manifest, dtype=work.out_dtype)
             rows = evaluator.score_file(ref, out_paths[ref], dict(manifest, ref=ref)) if evaluator is not None else None

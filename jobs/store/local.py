@@ -172,6 +172,14 @@ class LocalStore:
             self.counter.add(key, os.fstat(f.fileno()).st_size, True)
         return f
 
+    def open_range(self, key: str, start: int, stop: int) -> BinaryIO:
+        """Bytes [start, stop) of an object, as a file positioned at `start` that ends at `stop`."""
+        f = self._existing(key, "read", lambda path: open(path, "rb"))
+        f.seek(start)
+        if self.counter:
+            self.counter.add(key, max(0, stop - start), start == 0)
+        return _Limited(f, stop - start)
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
@@ -218,3 +226,25 @@ class LocalStore:
                 raise _local_error("delete", path, e) from e
 
         with_retries("delete", unlink)
+
+
+class _Limited:
+    """A file read up to a byte limit (the body of a ranged read)."""
+
+    def __init__(self, f: BinaryIO, limit: int):
+        self._f, self._left = f, max(0, limit)
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._f.read(n) if n else b""
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -50,7 +50,8 @@ class S3Store:
         # a fresh session per store: the default session caches credentials for the process
         self._client = _client or boto3.session.Session().client(
             "s3",
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60,
+                          max_pool_connections=32),  # pipelined downloads and multipart transfers run many requests at once
         )
         self._transfer = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=32 << 20, max_concurrency=8)
         self._exclusive = _exclusive_keys(self._client)
@@ -201,6 +202,13 @@ class S3Store:
         body = self._call("get", key, lambda: self._client.get_object(Bucket=self.bucket, Key=self._key(key)))
         if self.counter:
             self.counter.add(key, int(body.get("ContentLength", 0)), True)
+        return body["Body"]
+
+    def open_range(self, key: str, start: int, stop: int) -> BinaryIO:
+        """Bytes [start, stop) of an object (a ranged GET), as a streaming body."""
+        body = self._call("get", key, lambda: self._client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{stop - 1}"))
+        if self.counter:
+            self.counter.add(key, int(body.get("ContentLength", 0)), start == 0)
         return body["Body"]
 
     def local_path(self, key: str) -> Path | None:

@@ -122,7 +122,7 @@ def collect(exp: Experiment, partial_age_s: float = PARTIAL_AGE_MINUTES * 60) ->
     for ref, ref_keys in sorted(by_ref.items()):
         parsed = layout.parse_snapshot_ref(ref)
         if parsed and parsed[0] in keep:
-            trainer = [k for k in ref_keys if k.endswith("/" + layout.TRAINER_STATE)]
+            trainer = [k for k in ref_keys if layout.plain_name(k.rpartition("/")[2]) == layout.TRAINER_STATE]
             if ref in keep[parsed[0]] or needed is None or ref in needed:
                 if trainer:
                     doomed.append(Doomed(ref, "trainer-state", trainer, 0))

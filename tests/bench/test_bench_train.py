@@ -26,6 +26,7 @@ def test_bench_train_runs_tiny_and_writes_its_ratios(tmp_path, realdata_dir):
     assert len(fp32["rounds"]) == 1 and fp32["trainer_optim"] == "adamw_torch_fused"
     [row] = fp32["rounds"]
     assert row["project"]["steps"] == row["trainer"]["steps"] == 2  # the same schedule: 32 sentences at batch 16
+    assert row["project"]["padded_tokens"] == row["trainer"]["padded_tokens"] > 32  # the same batches, padded alike
     m = fp32["median"]
     assert m["project_samples_per_s"] > 0 and m["trainer_samples_per_s"] > 0
     assert m["ratio_samples_per_s"] == pytest.approx(m["project_samples_per_s"] / m["trainer_samples_per_s"])

@@ -1,7 +1,8 @@
 """One writer per model: a manifest is created only where none exists (S3 If-None-Match on a real
 SeaweedFS server, a hard link on a local folder). The same bytes committed twice return the
 committed manifest; other bytes raise AlreadyCommitted and leave the committed model as it was;
-two real processes released at the same instant before the manifest: exactly one wins."""
+two real processes released at the same instant before the manifest: exactly one wins, and the
+winner's manifest names files holding its own bytes (no writer overwrites another's file)."""
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ WRITER = textwrap.dedent("""
     from jobs.snapshots import AlreadyCommitted, commit_model
     from jobs.store import open_store
     uri, ref, path = sys.argv[1:4]
+    extra = {"curve.parquet": sys.argv[4]} if len(sys.argv) > 4 else {}
     try:
-        m = commit_model(open_store(uri), ref, path, {"kind": "test"})
+        m = commit_model(open_store(uri), ref, path, {"kind": "test"}, extra_files=extra)
     except AlreadyCommitted as e:
         print(json.dumps({"lost": e.existing["sha256"]}))
         sys.exit(10)
@@ -78,13 +80,15 @@ def test_ephemeral_files_are_marked_and_not_required(tmp_path):
         commit_model(store, "x/y", a, {}, ephemeral=["nope"])
 
 
-def _race(uri, tmp_path, payloads: list[bytes]):
-    """Writer processes paused right before their manifest, then released at once."""
+def _race(uri, tmp_path, payloads: list[bytes], extras: list[bytes] | None = None):
+    """Writer processes paused right before their manifest (all files stored), then released at once."""
     env = job_env(tmp_path, {"XLT_FAILPOINTS": "commit.before-manifest"})
     procs = []
     for i, data in enumerate(payloads):
-        path = _file(tmp_path, f"w{i}.bin", data)
-        procs.append(subprocess.Popen([sys.executable, "-c", WRITER, uri, REF, str(path)], stdout=subprocess.PIPE,
+        args = [str(_file(tmp_path, f"w{i}.bin", data))]
+        if extras:
+            args.append(str(_file(tmp_path, f"c{i}.parquet", extras[i])))
+        procs.append(subprocess.Popen([sys.executable, "-c", WRITER, uri, REF, *args], stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, env=env))
     for p in procs:
         wait_paused(env, "commit.before-manifest", p)
@@ -106,7 +110,10 @@ def test_two_writers_of_the_same_bytes_both_succeed(uri, tmp_path):
 
 
 def test_two_writers_of_other_bytes_one_wins_and_the_other_is_told(uri, tmp_path):
-    outs = _race(uri, tmp_path, [b"X" * 5000, b"Y" * 4000])
+    # both store all their files before either writes its manifest: the second finds the plain
+    # names taken and stores its bytes under alternate names, so whoever wins, the manifest
+    # names the winner's own bytes; the loser deletes what it stored
+    outs = _race(uri, tmp_path, [b"X" * 5000, b"Y" * 4000], extras=[b"cx", b"cy-other"])
     codes = sorted(code for code, _ in outs)
     assert codes == [0, 10], outs
     winner = next(o["sha256"] for code, o in outs if code == 0)
@@ -114,11 +121,35 @@ def test_two_writers_of_other_bytes_one_wins_and_the_other_is_told(uri, tmp_path
     store = open_store(uri)
     m = read_manifest(store, REF)
     assert m["sha256"] == winner == loser["lost"]  # one manifest, and the loser names it
-    # both uploaded their weights before the race for the manifest: the file may hold the
-    # loser's bytes (the documented race), but never unnoticed
-    problems = check_committed(store, REF, m, verify=True)
-    assert problems in ([], ["model.safetensors has 4000 bytes, manifest says 5000 (truncated or partial)"],
-                        ["model.safetensors has 5000 bytes, manifest says 4000 (truncated or partial)"]), problems
+    assert check_committed(store, REF, m, verify=True) == []
+    kept = {layout.manifest_key(REF), layout.file_key(REF, m), layout.file_key(REF, m, "curve.parquet")}
+    assert set(store.list_keys(REF + "/")) == kept  # nothing of the loser's is left
+
+
+def test_same_weights_other_extra_files_commit_consistently(uri, tmp_path):
+    # two writers of the same weights whose curve differs (wall-clock columns): both succeed and
+    # the committed curve is the one the manifest describes
+    outs = _race(uri, tmp_path, [b"W" * 3000, b"W" * 3000], extras=[b"curve one", b"curve two!"])
+    assert [code for code, _ in outs] == [0, 0], outs
+    store = open_store(uri)
+    m = read_manifest(store, REF)
+    assert check_committed(store, REF, m, verify=True) == []
+    assert store.get_bytes(layout.file_key(REF, m, "curve.parquet")) in (b"curve one", b"curve two!")
+
+
+def test_a_killed_writers_uncommitted_file_is_never_overwritten(uri, tmp_path):
+    store = open_store(uri)
+    killed = _file(tmp_path, "killed.bin", b"K" * 800)
+    assert store.create_file(layout.weights_key(REF), killed)  # its weights landed, no manifest
+    retry = _file(tmp_path, "retry.bin", b"R" * 900)
+    m = commit_model(store, REF, retry, {"kind": "test"})
+    assert m["file"] == layout.alternate_name(layout.WEIGHTS, m["sha256"])
+    assert check_committed(store, REF, m, verify=True) == []
+    assert store.get_bytes(layout.weights_key(REF)) == b"K" * 800  # untouched; gc's to delete
+    same = _file(tmp_path, "same.bin", b"K" * 800)  # a retry that computed the killed writer's bytes
+    other = "runs/0123456789abcdef/snapshots/00000001"
+    assert store.create_file(layout.weights_key(other), same)
+    assert commit_model(store, other, same, {"kind": "test"})["file"] == layout.WEIGHTS  # adopted, no upload
 
 
 KILLED_WRITER = textwrap.dedent("""
