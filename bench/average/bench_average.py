@@ -392,9 +392,11 @@ print('REPORT ' + json.dumps({'inner_s': dt, 'base_anon': base, 'inner_peak_anon
 RCLONE_FLAGS = ["--transfers", "10", "--multi-thread-streams", "4", "--multi-thread-cutoff", "64M"]
 
 
-def rclone_env(s3env: dict) -> dict:
-    """An rclone remote `bench:` on the same server, from environment variables only."""
-    return {"RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "SeaweedFS",
+def rclone_env(env: dict, s3env: dict) -> dict:
+    """An rclone remote `bench:` on the same server, from environment variables only (without
+    AWS_CA_BUNDLE, which rclone's S3 client refuses on a plain-HTTP endpoint)."""
+    env = {k: v for k, v in env.items() if k != "AWS_CA_BUNDLE"}
+    return env | {"RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "SeaweedFS",
             "RCLONE_CONFIG_BENCH_ENDPOINT": s3env["AWS_ENDPOINT_URL"], "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": s3env["AWS_ACCESS_KEY_ID"],
             "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": s3env["AWS_SECRET_ACCESS_KEY"], "RCLONE_CONFIG_BENCH_REGION": "us-east-1"}
 
@@ -442,7 +444,7 @@ def bench_s3(cache: Path, refs: list[str], files: list[str], env: dict, rounds: 
             if rclone:
                 target = scratch / "rclone"
                 row["rclone-download"] = measure([rclone, "copy", "bench:bench/exp", str(target), *include, *RCLONE_FLAGS],
-                                                 dict(env, **rclone_env(s3env)), discard=True)
+                                                 rclone_env(env, s3env), discard=True)
                 shutil.rmtree(target, ignore_errors=True)
             shutil.rmtree(cache / "verified", ignore_errors=True)  # hashed as downloaded: no record helps
             row["ours-job"] = measure(body("ours-job") + ["s3://bench/exp", ",".join(refs), f"bench/avg-{r}"], dict(env, TMPDIR=str(scratch)))

@@ -92,16 +92,26 @@ def execute(store: ObjectStore, cache: WeightsCache, scratch: Path, work: Averag
             raise
         out_paths = {o.ref: out_dir / f"{i:04d}.safetensors" for i, o in enumerate(outputs)}
         hashes = stream_average(files, infos, outputs, out_paths, work.out_dtype, work.write_refs)
-        verification.wait()  # every input verified before anything is committed
     except BaseException:
         verification.cancel()
         raise
     finally:
         for f in files.values():
             f.close()
+
+    verified = False
+
+    def check_inputs() -> None:
+        """Every input verified before anything is stored (no bad input leaves a trace in the
+        store); fused scoring of the first output overlaps the last of the hashing."""
+        nonlocal verified
+        if not verified:
+            verification.wait()
+            if delivery.before_commit is not None:
+                delivery.before_commit()
+            verified = True
+
     try:
-        if delivery.before_commit is not None:
-            delivery.before_commit()
         committed = []
         by_ref = {o.ref: o for o in outputs}
         refs = list(hashes) if delivery.commit or evaluator is not None else []
@@ -111,16 +121,22 @@ def execute(store: ObjectStore, cache: WeightsCache, scratch: Path, work: Averag
             manifest = dict(by_ref[ref].manifest, dtype=work.out_dtype)
             rows = evaluator.score_file(ref, out_paths[ref], dict(manifest, ref=ref)) if evaluator is not None else None
             if delivery.commit:
+                check_inputs()
                 try:
                     committed.append(commit_model(store, ref, out_paths[ref], manifest, sha256=hashes[ref][0], move=True))
                 except AlreadyCommitted as lost:  # another job committed other bytes first: keep its model if it checks out
                     committed.append(adopt_committed(store, lost))
             out_paths[ref].unlink(missing_ok=True)
             if rows is not None:
+                check_inputs()
                 evaluator.write(ref, rows)
             line.update(done + 1)
+        check_inputs()
         line.close()
         return committed
+    except BaseException:
+        verification.cancel()
+        raise
     finally:
         if delivery.commit or evaluator is not None:
             shutil.rmtree(out_dir, ignore_errors=True)

@@ -31,8 +31,8 @@ from jobs.store.base import StoreError, with_retries
 
 log = logging.getLogger("jobs")
 
-PART_BYTES = 16 << 20  # one ranged GET: large enough that request overhead is small, small enough that the pass starts early
-WORKERS = 16  # concurrent GETs (each thread blocks on its socket with the GIL released)
+PART_BYTES = 32 << 20  # one ranged GET: large enough that request overhead is small, small enough that the pass starts early
+WORKERS = 8  # concurrent GETs (each thread blocks on its socket with the GIL released)
 READ_BYTES = 1 << 20  # bytes per read from a response body before it is written out
 HASH_BYTES = 8 << 20
 
