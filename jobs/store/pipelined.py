@@ -51,8 +51,10 @@ class _Cancelled(Exception):
 class PipelinedDownload:
     """`start()` it, `wait(i, end)` for bytes of file i, `finish()` for the sha256s (or `close()`)."""
 
-    def __init__(self, store, targets: Sequence[Target], part_bytes: int | None = None, workers: int | None = None):
+    def __init__(self, store, targets: Sequence[Target], part_bytes: int | None = None, workers: int | None = None,
+                 hash_files: bool = True):
         self.store = store
+        self.hash_files = hash_files  # False: bytes only, `finish()` returns no hashes (to time the transfer alone)
         self.targets = list(targets)
         self.part_bytes = max(1, part_bytes or PART_BYTES)
         self.workers = max(1, workers or WORKERS)
@@ -86,9 +88,10 @@ class PipelinedDownload:
             th = threading.Thread(target=self._worker, name=f"download-{n}", daemon=True)
             th.start()
             self._threads.append(th)
-        hasher = threading.Thread(target=self._hasher, name="download-hash", daemon=True)
-        hasher.start()
-        self._threads.append(hasher)
+        if self.hash_files:
+            hasher = threading.Thread(target=self._hasher, name="download-hash", daemon=True)
+            hasher.start()
+            self._threads.append(hasher)
         return self
 
     def part_path(self, index: int) -> Path:
@@ -117,11 +120,13 @@ class PipelinedDownload:
                 raise self._error
             return self._watermark(index)
 
-    def finish(self) -> list[str]:
-        """Wait for every byte and hash; rename the files to their final names; the sha256s."""
+    def finish(self) -> list[str | None]:
+        """Wait for every byte and hash; rename the files to their final names; the sha256s
+        (None each without `hash_files`)."""
         try:
             with self._lock:
-                while self._error is None and None in self._sha:
+                while self._error is None and (None in self._sha if self.hash_files else
+                                               any(self._watermark(i) < t.size for i, t in enumerate(self.targets))):
                     self._lock.wait()
                 if self._error is not None:
                     raise self._error
@@ -131,7 +136,7 @@ class PipelinedDownload:
             self._close_fds()
         for t in self.targets:
             os.replace(self._part_path(t), t.path)
-        return list(self._sha)  # type: ignore[arg-type]
+        return list(self._sha)
 
     def close(self) -> None:
         """Stop (after an error, or when the caller gives up); partial files are removed."""

@@ -23,7 +23,7 @@ def test_bench_average_runs_tiny_with_its_s3_contenders(tmp_path):
     report = json.loads(out.read_text())
     assert report["ours-job"]["ratio_to_cat_by_round"] and report["naive"]["wall_s"] > 0
     [row] = report["s3-rounds"]
-    assert {"ours-download", "s3transfer-download", "ours-job"} <= set(row)
+    assert {"ours-download", "ours-transfer", "s3transfer-download", "ours-job"} <= set(row)
     summary = report["s3-summary"]
     assert len(summary["job_over_our_download"]) == 1 and summary["bytes"] > 1e6
     if shutil.which("rclone"):

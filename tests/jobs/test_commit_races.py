@@ -205,3 +205,17 @@ def test_create_file_and_create_bytes_never_overwrite(uri, tmp_path):
     assert store.get_bytes("m/manifest.json") == b"{}"
     store.put_file("m/model.safetensors", b, move=True)  # the plain put still replaces
     assert store.get_bytes("m/model.safetensors") == b"B" * 50
+
+
+def test_alternate_names_keep_their_suffix_and_map_back():
+    sha = "0123456789abcdef" * 4
+    assert layout.alternate_name("model.safetensors", sha) == "model.0123456789abcdef.safetensors"
+    assert layout.alternate_name("trainer.pt", sha) == "trainer.0123456789abcdef.pt"
+    for name in ("model.safetensors", "trainer.pt", "curve.parquet"):
+        assert layout.plain_name(layout.alternate_name(name, sha)) == name and layout.plain_name(name) == name
+    manifest = {"file": "model.0123456789abcdef.safetensors", "extra_files": {"trainer.pt": {"file": "trainer.0123456789abcdef.pt"}, "curve.parquet": {}}}
+    assert layout.file_key("r/x", manifest) == "r/x/model.0123456789abcdef.safetensors"
+    assert layout.file_key("r/x", manifest, "trainer.pt") == "r/x/trainer.0123456789abcdef.pt"
+    assert layout.file_key("r/x", manifest, "curve.parquet") == "r/x/curve.parquet"
+    assert layout.file_key("r/x", {}) == "r/x/model.safetensors"  # manifests written before alternates
+    assert layout.weights_ref("r/x/model.0123456789abcdef.safetensors") == "r/x"
