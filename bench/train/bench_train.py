@@ -74,6 +74,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="one round, fewer examples (~2-3 minutes; on cuda without the S3 runs)")
     p.add_argument("--data", type=Path, default=DATA, help="folder of PAN-X train-en.tsv and dev-en.tsv")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "train" / "results.json")
+    p.add_argument("--one", choices=("project", "trainer"), help=argparse.SUPPRESS)  # one contender, in its own process
+    p.add_argument("--trainer-dir", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
     args.precisions = (args.precision or ("fp16,bf16" if cuda else "fp32")).split(",")
@@ -222,6 +224,30 @@ def run_trainer(spec, out_dir: Path, device: str) -> dict:
             "optim": str(targs.optim.value if hasattr(targs.optim, "value") else targs.optim)}
 
 
+def run_isolated(who: str, spec, trainer_dir: Path, device: str) -> dict:
+    """One contender in a fresh Python process. In one process, whichever model trained second
+    ran 6-12% slower than the first here, for either contender (allocator and page-cache state
+    left by the first), which decided the ratio by the order; in fresh processes it does not."""
+    from jobs.spec import spec_to_json
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", who, "--trainer-dir", str(trainer_dir), "--device", device]
+    proc = subprocess.run(cmd, input=spec_to_json(spec), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the {who} run failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_one(args) -> int:
+    """`--one project|trainer`: one contender on the spec read from stdin; its result as JSON."""
+    from jobs.spec import spec_from_json
+
+    spec = spec_from_json("train", sys.stdin.read())
+    result = run_project(spec) if args.one == "project" else run_trainer(spec, args.trainer_dir, args.device)
+    result.pop("stats", None)
+    print(json.dumps(result))
+    return 0
+
+
 def throughput(args, model: str, precision: str, work: Path) -> dict:
     rounds = []
     for r in range(args.rounds):
@@ -230,11 +256,8 @@ def throughput(args, model: str, precision: str, work: Path) -> dict:
         for who in order:
             folder = Path(tempfile.mkdtemp(dir=work, prefix=f"{who}-"))
             spec = train_spec(args, f"file://{folder}/store", model, precision, args.examples, "1 epoch")
-            result = run_project(spec) if who == "project" else run_trainer(spec, folder / "trainer", args.device)
-            result.pop("stats", None)
-            row[who] = result
+            row[who] = run_isolated(who, spec, folder / "trainer", args.device)
             shutil.rmtree(folder, ignore_errors=True)
-            _release_memory()
         rounds.append(row)
         print(f"  {precision} round {r + 1}: job {row['project']['samples_per_s']:.1f} samples/s, {row['project']['job_s']:.1f} s; "
               f"Trainer {row['trainer']['samples_per_s']:.1f} samples/s, {row['trainer']['job_s']:.1f} s", file=sys.stderr)
@@ -379,6 +402,8 @@ def table(report: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.one:
+        return run_one(args)
     import accelerate
     import torch
     import transformers

@@ -69,7 +69,6 @@ class PipelinedDownload:
         heapq.heapify(self._queue)  # part-major: (part, file)
         self._threads: list[threading.Thread] = []
         self._fds: list[int] = []
-        self.bytes_landed = 0
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -178,7 +177,6 @@ class PipelinedDownload:
                     while self._next_part[index] in self._done[index]:
                         self._done[index].discard(self._next_part[index])
                         self._next_part[index] += 1
-                    self.bytes_landed += stop - start
                     self._lock.notify_all()
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits
             self._fail(e)
