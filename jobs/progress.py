@@ -8,10 +8,13 @@ XLT_PROGRESS_SECONDS (default 60; 0 turns the lines off), always in this one for
 
     progress train step 1200/9000 (13%) loss 0.4123 38.2 ex/s ETA 1h02m
     progress evaluate models 3/10 (34%) sets 45/132 ETA 5m10s
-    progress average averages 3/20 (15%) read 1.2 GB ETA 2m00s
+    progress average averages 0/20 (41%) read 10.1 GB of 22.0 GB ETA 2m00s
+    progress average averages 3/20 (57%) read 22.0 GB ETA 1m10s
 
 `percent` and `ETA` are of the whole job (from the finest counter it has: sets of an evaluate
-job, bytes of an average job); ETA is `?` until something is done. `loss` is the mean loss of
+job; for an average job the bytes its pass has read, then the averages scored and committed,
+the pass counting for 90% of the job, 50% with fused evaluation); ETA is `?` until something
+is done. `loss` is the mean loss of
 the steps since the previous line and `ex/s` their rate. `parse_line` reads the format back.
 
 Each line is also written, from a background thread (the job never waits on it), to the store

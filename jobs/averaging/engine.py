@@ -19,6 +19,7 @@ import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -144,22 +145,24 @@ def stream_average(
     out_dtype: str = "fp32",
     write_refs: set[str] | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
+    on_tensor: Callable[[int], None] | None = None,
 ) -> dict[str, tuple[str, int]]:
     """Compute outputs in one tensor-major pass over the mapped inputs; write each to its path.
 
-    Returns {output ref: (sha256, size)} for the outputs written."""
+    `on_tensor(bytes)` is called after each tensor with the input bytes the pass has read so far
+    (for progress lines). Returns {output ref: (sha256, size)} for the outputs written."""
     threads = torch.get_num_threads()
     # one compute thread: the adds are memory-bound, and OpenMP threads slow down badly when the
     # cores are shared (2 threads: 8x slower than 1 on a loaded 2-core node); the writer threads
     # hash and write on the other cores
     torch.set_num_threads(1)
     try:
-        return _stream(files, infos, outputs, out_paths, out_dtype, write_refs, chunk_elements)
+        return _stream(files, infos, outputs, out_paths, out_dtype, write_refs, chunk_elements, on_tensor)
     finally:
         torch.set_num_threads(threads)
 
 
-def _stream(files, infos, outputs, out_paths, out_dtype, write_refs, chunk_elements) -> dict[str, tuple[str, int]]:
+def _stream(files, infos, outputs, out_paths, out_dtype, write_refs, chunk_elements, on_tensor) -> dict[str, tuple[str, int]]:
     write_refs = set(o.ref for o in outputs) if write_refs is None else write_refs
     chains = _chains(outputs, write_refs)
     written = [s.output for c in chains for s in c.steps if s.write]
@@ -177,8 +180,12 @@ def _stream(files, infos, outputs, out_paths, out_dtype, write_refs, chunk_eleme
         used = sorted({r for c in chains for s in c.steps for r, _ in s.ops})
         first = next(iter(files))
         read_ahead = _prefetch_plan(infos, chunk)
+        bytes_read = 0
         for name in progress(sorted(infos), desc="average", unit="tensor"):
             info = infos[name]
+            if on_tensor is not None:
+                on_tensor(bytes_read)
+                bytes_read += sum(files[ref].infos[name].nbytes for ref in used)
             if not info.is_float or info.numel == 0:
                 value = files[first].flat(name)  # integer buffers are equal everywhere: copy one
                 for o in written:
@@ -216,6 +223,8 @@ def _stream(files, infos, outputs, out_paths, out_dtype, write_refs, chunk_eleme
                             buf = pool.get()[: stop - start]
                             torch.div(acc, step.output.divisor, out=buf)
                             writers[step.output.ref].write(name, buf)
+        if on_tensor is not None:
+            on_tensor(bytes_read)
         result = {}
         for ref, w in writers.items():
             result[ref] = (w.close(), w.size)

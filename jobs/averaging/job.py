@@ -79,6 +79,16 @@ def execute(store: ObjectStore, cache: WeightsCache, scratch: Path, work: Averag
     # from S3 the inputs download part by part while the pass runs behind them (every read
     # waits for its bytes); they are hashed as they land, and checked before anything is committed
     paths, ready, verification = cache.stream([(r, manifests[r]) for r in needed])
+    total_read = sum(manifests[r]["size"] for r in needed)
+    delivering = delivery.commit or delivery.evaluator is not None
+    line = Progress("average", len(work.write_refs) if delivering else 0, "averages", store=store, job=job_name("average"))
+    # the pass (which from S3 follows the download) is this share of the job's percent and ETA
+    pass_share = 0.5 if delivery.evaluator is not None else 0.9
+
+    def read_line(done_bytes: int) -> None:
+        line.update(0, f"read {format_bytes(done_bytes)} of {format_bytes(total_read)}",
+                    fraction=pass_share * done_bytes / max(1, total_read))
+
     files: dict = {}
     try:
         files = open_inputs(paths, ready)
@@ -91,9 +101,10 @@ def execute(store: ObjectStore, cache: WeightsCache, scratch: Path, work: Averag
             verification.wait()  # a corrupted file explains a mismatch better than the mismatch
             raise
         out_paths = {o.ref: out_dir / f"{i:04d}.safetensors" for i, o in enumerate(outputs)}
-        hashes = stream_average(files, infos, outputs, out_paths, work.out_dtype, work.write_refs)
+        hashes = stream_average(files, infos, outputs, out_paths, work.out_dtype, work.write_refs, on_tensor=read_line)
     except BaseException:
         verification.cancel()
+        line.close()
         raise
     finally:
         for f in files.values():
@@ -114,9 +125,8 @@ def execute(store: ObjectStore, cache: WeightsCache, scratch: Path, work: Averag
     try:
         committed = []
         by_ref = {o.ref: o for o in outputs}
-        refs = list(hashes) if delivery.commit or evaluator is not None else []
-        line = Progress("average", len(refs), "averages", store=store, job=job_name("average"))
-        line.update(0, f"read {format_bytes(sum(manifests[r]['size'] for r in needed))}", force=True)  # the pass is over
+        refs = list(hashes) if delivering else []
+        line.update(0, f"read {format_bytes(total_read)}", fraction=pass_share, force=True)  # the pass is over
         for done, ref in enumerate(progress(refs, desc="evaluate + commit" if evaluator is not None else "commit", unit="model")):
             manifest = dict(by_ref[ref].manifest, dtype=work.out_dtype)
             rows = evaluator.score_file(ref, out_paths[ref], dict(manifest, ref=ref)) if evaluator is not None else None
@@ -130,14 +140,14 @@ def execute(store: ObjectStore, cache: WeightsCache, scratch: Path, work: Averag
             if rows is not None:
                 check_inputs()
                 evaluator.write(ref, rows)
-            line.update(done + 1)
+            line.update(done + 1, fraction=pass_share + (1 - pass_share) * (done + 1) / len(refs))
         check_inputs()
-        line.close()
         return committed
     except BaseException:
         verification.cancel()
         raise
     finally:
+        line.close()
         if delivery.commit or evaluator is not None:
             shutil.rmtree(out_dir, ignore_errors=True)
 

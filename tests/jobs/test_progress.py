@@ -98,3 +98,22 @@ def test_a_running_jobs_last_line_is_in_its_log_and_in_status_and_gone_when_it_e
     assert parsed and all(p["kind"] == "evaluate" and p["unit"] == "models" and p["total"] == 3 for p in parsed)
     assert parsed[-1]["fields"] == "sets 6/6" and parsed[-1]["percent"] == 100
     assert not [k for k in store.list_keys("logs/") if k.endswith(layout.PROGRESS_SUFFIX)]
+
+    # the average job: bytes read during the pass (which from S3 follows the download), then
+    # averages delivered; percent and ETA of the whole job, rising
+    from jobs.average import run_average
+    from jobs.spec import AverageSpec
+
+    caplog.clear()
+    run_average(AverageSpec(experiment_uri=uri, task="nli", methods=("uniform",), refs=refs, output_ref="averages/progress/k03"))
+    parsed = [parse_line(r.getMessage()) for r in caplog.records if r.getMessage().startswith("progress ")]
+    reading = [p for p in parsed if " of " in p["fields"]]
+    assert reading and all(p["kind"] == "average" and p["unit"] == "averages" and p["done"] == 0 for p in reading)
+    total = reading[0]["fields"].split(" of ")[1]
+    assert all(p["fields"].startswith("read ") and p["fields"].endswith(" of " + total) for p in reading)
+    [over] = [p for p in parsed if p["fields"] == "read " + total]  # the pass is over: its share of the job
+    assert over["percent"] == 90 and over["done"] == 0
+    assert parsed[-1]["done"] == parsed[-1]["total"] == 1 and parsed[-1]["percent"] == 100
+    percents = [p["percent"] for p in parsed]
+    assert percents == sorted(percents) and percents[0] < 90
+    assert not [k for k in store.list_keys("logs/") if k.endswith(layout.PROGRESS_SUFFIX)]
