@@ -140,7 +140,7 @@ def execute(store: ObjectStore, cache: WeightsCache, scratch: Path, work: Averag
             if rows is not None:
                 check_inputs()
                 evaluator.write(ref, rows)
-            line.update(done + 1, fraction=pass_share + (1 - pass_share) * (done + 1) / len(refs))
+            line.update(done + 1, fraction=pass_share + (1 - pass_share) * (done + 1) / len(refs), force=done + 1 == len(refs))
         check_inputs()
         return committed
     except BaseException:
