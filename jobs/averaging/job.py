@@ -89,27 +89,6 @@ def execute(store: ObjectStore, cache: WeightsCache, scratch: Path, work: Averag
         line.update(0, f"read {format_bytes(done_bytes)} of {format_bytes(total_read)}",
                     fraction=pass_share * done_bytes / max(1, total_read))
 
-    files: dict = {}
-    try:
-        files = open_inputs(paths, ready)
-        scratch.mkdir(parents=True, exist_ok=True)
-        out_dir = Path(tempfile.mkdtemp(prefix="out-", dir=scratch))
-        evaluator = delivery.evaluator
-        try:
-            infos = validate_inputs(files, manifests)
-        except AverageError:
-            verification.wait()  # a corrupted file explains a mismatch better than the mismatch
-            raise
-        out_paths = {o.ref: out_dir / f"{i:04d}.safetensors" for i, o in enumerate(outputs)}
-        hashes = stream_average(files, infos, outputs, out_paths, work.out_dtype, work.write_refs, on_tensor=read_line)
-    except BaseException:
-        verification.cancel()
-        line.close()
-        raise
-    finally:
-        for f in files.values():
-            f.close()
-
     verified = False
 
     def check_inputs() -> None:
@@ -122,7 +101,25 @@ def execute(store: ObjectStore, cache: WeightsCache, scratch: Path, work: Averag
                 delivery.before_commit()
             verified = True
 
+    evaluator = delivery.evaluator
+    out_dir: Path | None = None
     try:
+        files: dict = {}
+        try:
+            files = open_inputs(paths, ready)
+            scratch.mkdir(parents=True, exist_ok=True)
+            out_dir = Path(tempfile.mkdtemp(prefix="out-", dir=scratch))
+            try:
+                infos = validate_inputs(files, manifests)
+            except AverageError:
+                verification.wait()  # a corrupted file explains a mismatch better than the mismatch
+                raise
+            out_paths = {o.ref: out_dir / f"{i:04d}.safetensors" for i, o in enumerate(outputs)}
+            hashes = stream_average(files, infos, outputs, out_paths, work.out_dtype, work.write_refs, on_tensor=read_line)
+        finally:
+            for f in files.values():
+                f.close()
+
         committed = []
         by_ref = {o.ref: o for o in outputs}
         refs = list(hashes) if delivering else []
@@ -144,11 +141,11 @@ def execute(store: ObjectStore, cache: WeightsCache, scratch: Path, work: Averag
         check_inputs()
         return committed
     except BaseException:
-        verification.cancel()
+        verification.cancel()  # stops a download still running
         raise
     finally:
         line.close()
-        if delivery.commit or evaluator is not None:
+        if out_dir is not None and delivering:  # else (nothing delivered) the outputs stay for the caller
             shutil.rmtree(out_dir, ignore_errors=True)
 
 
