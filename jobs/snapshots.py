@@ -130,9 +130,8 @@ def commit_model(
     extra = {}
     for name, path in extra_files.items():
         extra_sha, extra_size = sha256_file(path), os.path.getsize(path)
-        stored = _place(store, ref, name, path, extra_sha, extra_size, False, placed)
-        if stored is None:
-            stored = _place_alternate(store, ref, name, path, extra_sha, extra_size, False, placed)
+        stored = (_place(store, ref, name, path, extra_sha, extra_size, False, placed)
+                  or _place_alternate(store, ref, name, path, extra_sha, extra_size, False, placed))
         extra[name] = {"sha256": extra_sha, "size": extra_size}
         if stored != name:
             extra[name]["file"] = stored
@@ -466,6 +465,14 @@ class _DownloadVerification(Verification):
             self._download.close()
 
 
+def _missing(ref: str, name: str) -> SnapshotError:
+    return SnapshotError(f"model {ref}: manifest exists but {name} is missing")
+
+
+def _wrong_size(ref: str, name: str, actual: int, expected: int) -> SnapshotError:
+    return SnapshotError(f"model {ref}: {name} has {actual} bytes, manifest says {expected} (truncated?)")
+
+
 class WeightsCache:
     """Materialises committed weights as local files (verified against their manifest).
 
@@ -515,16 +522,16 @@ class WeightsCache:
                 try:
                     self.store.get_file(key, local)
                 except NotFound:
-                    raise SnapshotError(f"model {ref}: manifest exists but {name} is missing") from None
+                    raise _missing(ref, name) from None
         else:
             if not os.path.exists(local):
-                raise SnapshotError(f"model {ref}: manifest exists but {name} is missing")
+                raise _missing(ref, name)
             counter = getattr(self.store, "counter", None)
             if counter is not None:
                 counter.add(key, local.stat().st_size, True)
         size = local.stat().st_size
         if size != expected_size:
-            raise SnapshotError(f"model {ref}: {name} has {size} bytes, manifest says {expected_size} (truncated?)")
+            raise _wrong_size(ref, name, size, expected_size)
         self._materialised[(ref, name)] = local
         return local
 
@@ -568,9 +575,9 @@ class WeightsCache:
             try:
                 actual = self.store.size(key)
             except NotFound:
-                raise SnapshotError(f"model {r}: manifest exists but {layout.WEIGHTS} is missing") from None
+                raise _missing(r, layout.WEIGHTS) from None
             if actual != expected:
-                raise SnapshotError(f"model {r}: {layout.WEIGHTS} has {actual} bytes, manifest says {expected} (truncated?)")
+                raise _wrong_size(r, layout.WEIGHTS, actual, expected)
             targets.append(Target(key, self.cache_dir / key, expected))
         download = PipelinedDownload(self.store, targets).start()
         paths = {r: self._verified[(r, layout.WEIGHTS)] for r in refs if r not in todo}

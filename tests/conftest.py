@@ -87,10 +87,12 @@ def s3_server(tmp_path_factory) -> S3Server:
     ports = dict(zip(names, free_ports(len(names) * 2)))
     grpc = dict(zip(names, free_ports(len(names))))
     access, secret = "test-access", "test-secret"
-    args = [_weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-bucket=test"]
+    # the Iceberg and Lance listeners have fixed default ports (8181, 9101): two servers started
+    # at once (two test workers) would collide on them, so they are off
+    args = [_weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-bucket=test"]
     for name in names:
         args.append(f"-{name}.port={ports[name]}")
-        if name not in ("webdav", "debug", "s3"):
+        if name not in ("webdav", "debug"):  # s3 too: its default gRPC port is its port + 10000, past 65535 for ports above 55535
             args.append(f"-{name}.port.grpc={grpc[name]}")
     log = open(data / "weed.log", "wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,

